@@ -1,0 +1,450 @@
+"""Job configuration: YAML profiles loaded into frozen, validated dataclasses.
+
+A profile is a YAML file in ``conf/`` (or any path). ``--set section.key=value``
+overrides any key; values are parsed as YAML scalars. Unknown keys and bad values
+raise :class:`ConfigError` naming the key and what is allowed. Prompt files named
+in the config are read at load time, so the resolved config (and its hash) carries
+the exact prompt text that executors will use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """Where the corpus comes from and which columns hold what."""
+
+    path: str = "data/sample/corpus.parquet"
+    format: str = "auto"  # auto | parquet | delta | table
+    id_column: str | None = "id"  # None: derive doc_id from content
+    query_column: str = "query"
+    response_column: str = "response"
+    text_column: str | None = None  # a single text column instead of query/response
+    split_pattern: str | None = None  # regex with groups (query, response) for text_column
+    duplicate_ids: str = "error"  # error | drop (first by content hash is kept; others quarantined)
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """Where the Delta tables go: a folder of Delta tables, or catalog tables."""
+
+    path: str = "out/run"
+    table_prefix: str | None = None  # catalog mode: "<catalog>.<schema>.<prefix>" + table name
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """Which valid rows are curated (deterministic by hash of doc_id and seed)."""
+
+    fraction: float = 0.05
+    seed: int = 17
+    max_docs: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The language model used to score and rewrite."""
+
+    name: str = "embedded:smollm2-135m"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    allow_network: bool = False  # hub access at load time; off means offline mode is enforced
+    max_context: int | None = None  # None: the model's own context length
+    backend: str = "transformers"  # transformers | vllm (generation only)
+    memory_gb: float | None = None  # executor memory to check the model against before the run
+
+
+@dataclass(frozen=True)
+class CurationConfig:
+    """The search: objective, rounds, beam, sampling grid, prompts."""
+
+    objective: str = "minimize"  # minimize (CTRL) | maximize (Buckle Up)
+    rounds: int = 5
+    beam_size: int = 3
+    temperatures: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0)
+    top_ps: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0)
+    max_new_tokens: int = 256
+    prompt_file: str = "prompts/ctrl_revise.txt"
+    system_prompt: str | None = None
+    stop_tolerance: float = 0.0  # a doc converges when a round improves its best by <= this (relative)
+    dedupe_candidates: bool = True
+    max_candidates_per_round: int = 1_000_000
+    prompt: str = ""  # filled from prompt_file at load time
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Quality signals computed for every candidate."""
+
+    readability: str = "flesch_reading_ease"  # any textstat function of one text
+    helpfulness: str = "embedding"  # embedding (query-response relevance) | judge (LLM rubric judge)
+    embedder: str = "embedded:minilm-l6"
+    judge_model: str | None = None  # None: the curation model
+    judge_prompt_file: str = "prompts/judge.txt"
+    judge_rubrics: tuple[str, ...] = ("relevance", "clarity", "comprehensiveness", "usefulness")
+    judge_min_digit_mass: float = 0.5
+    judge_prompt: str = ""
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Quality gate, relative to each document's round-0 scores (see conf/README.md)."""
+
+    readability_min_ratio: float | None = 0.1
+    helpfulness_min_ratio: float | None = 0.5
+    min_similarity: float | None = 0.5
+    length_ratio_min: float | None = 0.3
+    length_ratio_max: float | None = 3.0
+    ngram: int = 3
+    max_repeated_ngram_ratio: float | None = 0.3
+    max_compression_ratio: float | None = 2.5
+    ppl_ceiling_ratio: float | None = None
+    safety_check: str = "none"  # none | keywords | embedding
+    safety_keywords: tuple[str, ...] = (
+        "safe", "safety", "careful", "caution", "responsib", "risk", "harm", "consult",
+        "professional", "legal", "ethic", "respect", "protect", "well-being", "wellbeing",
+    )
+    safety_anchor: str = "Be careful and responsible: consider safety, avoid harm, and seek qualified help when needed."
+    safety_min_gain: float = 0.02
+    meta_patterns: tuple[str, ...] = ()  # extra regexes that mark meta-text
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Per-row size limits: rows over them are quarantined, never truncated."""
+
+    max_chars: int = 20_000
+    max_tokens: int = 4096
+    injection_patterns: tuple[str, ...] = (
+        r"ignore (all |any )?(the )?(previous|prior|above) (instructions|prompts?)",
+        r"disregard (all |any )?(the )?(previous|prior|above) (instructions|prompts?)",
+        r"you are now (in )?(developer|dan|jailbreak)",
+        r"system prompt",
+    )
+    quarantine_delimiter_lookalikes: bool = True
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Batching and parallelism; does not change results beyond float rounding."""
+
+    token_budget: int = 1024
+    arrow_batch_rows: int = 64
+    gen_batch_size: int = 16
+    score_stride: int = 512
+    partitions: int | None = None  # None: Spark's default parallelism
+    num_threads: int | None = None  # torch threads per Python worker (CPU)
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    """Only used when this job creates the session (not on Databricks/clusters)."""
+
+    master: str = "local[2]"
+    app_name: str = "cleancurate"
+    conf: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """Run report and optional tracking."""
+
+    enabled: bool = True
+    examples: int = 5
+    mlflow: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole job configuration."""
+
+    name: str = "custom"
+    input: InputConfig = field(default_factory=InputConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    curation: CurationConfig = field(default_factory=CurationConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples as lists), e.g. for YAML or JSON output."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @property
+    def hash(self) -> str:
+        """Hash of everything that changes the curated result.
+
+        Output location, Spark settings, batching and reporting are left out: they
+        change where and how fast, not what.
+        """
+        d = self.to_dict()
+        for key in ("output", "spark", "runtime", "report", "name"):
+            d.pop(key, None)
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def with_overrides(self, overrides: list[str] | dict[str, Any]) -> "Config":
+        """A copy with ``section.key=value`` overrides applied and validated."""
+        raw = self.to_dict()
+        _apply_overrides(raw, overrides)
+        return from_dict(raw, base_dir=None, resolve_prompts=False)
+
+
+_ENUMS = {
+    "input.format": ("auto", "parquet", "delta", "table"),
+    "input.duplicate_ids": ("error", "drop"),
+    "curation.objective": ("minimize", "maximize"),
+    "metrics.helpfulness": ("embedding", "judge"),
+    "gate.safety_check": ("none", "keywords", "embedding"),
+    "model.backend": ("transformers", "vllm"),
+    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+}
+
+
+def _conf_dirs() -> list[Path]:
+    dirs = []
+    if os.environ.get("CLEANCURATE_CONF_DIR"):
+        dirs.append(Path(os.environ["CLEANCURATE_CONF_DIR"]))
+    dirs.append(Path.cwd() / "conf")
+    dirs.append(Path(__file__).resolve().parent.parent / "conf")
+    dirs.append(Path(__file__).resolve().parent / "conf")  # inside a built wheel
+    return dirs
+
+
+def find_profile(name_or_path: str) -> Path:
+    """Locate a profile by path, or by name in the conf directories."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    for d in _conf_dirs():
+        for cand in (d / name_or_path, d / f"{name_or_path}.yaml"):
+            if cand.is_file():
+                return cand
+    raise ConfigError(
+        f"config '{name_or_path}' not found: give a YAML path or a profile name from "
+        f"{', '.join(str(d) for d in _conf_dirs())}"
+    )
+
+
+def _parse_scalar(text: str) -> Any:
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any]) -> None:
+    items = overrides.items() if isinstance(overrides, dict) else []
+    if not isinstance(overrides, dict):
+        parsed = []
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override '{item}' must look like section.key=value")
+            key, value = item.split("=", 1)
+            parsed.append((key.strip(), _parse_scalar(value)))
+        items = parsed
+    for key, value in items:
+        parts = key.split(".")
+        node = raw
+        for part in parts[:-1]:
+            if part not in node or not isinstance(node[part], dict):
+                raise ConfigError(f"unknown config section '{part}' in override '{key}'")
+            node = node[part]
+        if parts[-1] not in node:
+            raise ConfigError(f"unknown config key '{key}' in override")
+        node[parts[-1]] = value
+
+
+def _coerce(path: str, typ: Any, value: Any) -> Any:
+    origin = get_origin(typ)
+    args = get_args(typ)
+    if origin is type(None) or typ is type(None):
+        return None
+    if args and type(None) in args:  # Optional[X]
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)][0]
+        return _coerce(path, inner, value)
+    if value is None:
+        raise ConfigError(f"{path} must not be null")
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path} must be a list, got {type(value).__name__}")
+        return tuple(_coerce(f"{path}[{i}]", args[0], v) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path} must be a mapping, got {type(value).__name__}")
+        return {str(k): str(v) for k, v in value.items()}
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path} must be true or false, got {value!r}")
+        return value
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path} must be an integer, got {value!r}")
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path} must be a number, got {value!r}")
+        return float(value)
+    if typ is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{path} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"section '{prefix or 'root'}' must be a mapping")
+    hints = get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        where = f"section '{prefix}'" if prefix else "the top level"
+        raise ConfigError(f"unknown config key(s) {unknown} in {where}; allowed: {sorted(names)}")
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in raw:
+            continue
+        path = f"{prefix}.{f.name}" if prefix else f.name
+        typ = hints[f.name]
+        if dataclasses.is_dataclass(typ):
+            kwargs[f.name] = _build(typ, raw[f.name], path)
+        else:
+            kwargs[f.name] = _coerce(path, typ, raw[f.name])
+    return cls(**kwargs)
+
+
+def _validate(cfg: Config) -> None:
+    d = cfg.to_dict()
+    for key, allowed in _ENUMS.items():
+        sec, name = key.split(".")
+        if d[sec][name] not in allowed:
+            raise ConfigError(f"{key} must be one of {list(allowed)}, got {d[sec][name]!r}")
+    s, c, g, r = cfg.selection, cfg.curation, cfg.gate, cfg.runtime
+    checks = [
+        (0.0 < s.fraction <= 1.0, f"selection.fraction must be in (0, 1], got {s.fraction}"),
+        (c.rounds >= 1, f"curation.rounds must be >= 1, got {c.rounds}"),
+        (c.beam_size >= 1, f"curation.beam_size must be >= 1, got {c.beam_size}"),
+        (c.max_new_tokens >= 1, f"curation.max_new_tokens must be >= 1, got {c.max_new_tokens}"),
+        (len(c.temperatures) > 0, "curation.temperatures must list at least one value"),
+        (len(c.top_ps) > 0, "curation.top_ps must list at least one value"),
+        (all(0.0 <= t <= 2.0 for t in c.temperatures), f"curation.temperatures must be in [0, 2], got {list(c.temperatures)}"),
+        (all(0.0 < p <= 1.0 for p in c.top_ps), f"curation.top_ps must be in (0, 1], got {list(c.top_ps)}"),
+        (c.stop_tolerance >= 0, "curation.stop_tolerance must be >= 0"),
+        (c.max_candidates_per_round >= 1, "curation.max_candidates_per_round must be >= 1"),
+        (r.token_budget >= 16, f"runtime.token_budget must be >= 16, got {r.token_budget}"),
+        (r.arrow_batch_rows >= 1, "runtime.arrow_batch_rows must be >= 1"),
+        (r.gen_batch_size >= 1, "runtime.gen_batch_size must be >= 1"),
+        (r.score_stride >= 1, "runtime.score_stride must be >= 1"),
+        (g.ngram >= 1, "gate.ngram must be >= 1"),
+        (cfg.limits.max_chars >= 1 and cfg.limits.max_tokens >= 1, "limits.max_chars and limits.max_tokens must be >= 1"),
+        (cfg.input.text_column is not None or (cfg.input.query_column and cfg.input.response_column),
+         "input.query_column and input.response_column are required unless input.text_column is set"),
+        (cfg.input.text_column is None or cfg.input.split_pattern is not None,
+         "input.split_pattern (a regex with two groups: query, response) is required with input.text_column"),
+        (bool(cfg.output.path) or bool(cfg.output.table_prefix), "output.path or output.table_prefix is required"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+    for ratio in ("readability_min_ratio", "helpfulness_min_ratio"):
+        v = getattr(g, ratio)
+        if v is not None and not 0.0 <= v <= 1.0:
+            raise ConfigError(f"gate.{ratio} must be in [0, 1] or null, got {v}")
+    if g.length_ratio_min is not None and g.length_ratio_max is not None and g.length_ratio_min > g.length_ratio_max:
+        raise ConfigError("gate.length_ratio_min must not exceed gate.length_ratio_max")
+    if c.objective == "maximize" and g.ppl_ceiling_ratio is None:
+        raise ConfigError(
+            "curation.objective 'maximize' needs gate.ppl_ceiling_ratio (a fluency ceiling relative to the "
+            "original's perplexity), since maximizing perplexity otherwise rewards noise"
+        )
+    if c.objective == "maximize" and g.safety_check == "none":
+        raise ConfigError("curation.objective 'maximize' needs gate.safety_check 'keywords' or 'embedding'")
+    if cfg.metrics.helpfulness == "judge" and "{response}" not in cfg.metrics.judge_prompt and cfg.metrics.judge_prompt:
+        raise ConfigError("metrics.judge_prompt must contain {query}, {response} and {rubric} placeholders")
+    if cfg.input.split_pattern is not None:
+        import re
+
+        try:
+            if re.compile(cfg.input.split_pattern).groups < 2:
+                raise ConfigError("input.split_pattern needs two capture groups (query, response)")
+        except re.error as exc:
+            raise ConfigError(f"input.split_pattern is not a valid regex: {exc}") from exc
+
+
+def _read_prompt(value: str, base_dir: Path | None) -> str:
+    candidates = [Path(value)]
+    if base_dir is not None:
+        candidates.insert(0, base_dir / value)
+    candidates += [d / value for d in _conf_dirs()]
+    for cand in candidates:
+        if cand.is_file():
+            return cand.read_text(encoding="utf-8").strip()
+    raise ConfigError(f"prompt file '{value}' not found (looked in {', '.join(str(c.parent) for c in candidates)})")
+
+
+def from_dict(raw: dict[str, Any], base_dir: Path | None = None, resolve_prompts: bool = True) -> Config:
+    """Build and validate a Config from a nested dict."""
+    raw = json.loads(json.dumps(raw or {}))
+    if resolve_prompts:
+        cur = raw.setdefault("curation", {}) or {}
+        raw["curation"] = cur
+        cur["prompt"] = _read_prompt(cur.get("prompt_file", CurationConfig.prompt_file), base_dir)
+        met = raw.setdefault("metrics", {}) or {}
+        raw["metrics"] = met
+        met["judge_prompt"] = _read_prompt(met.get("judge_prompt_file", MetricsConfig.judge_prompt_file), base_dir)
+    cfg = _build(Config, raw, "")
+    _validate(cfg)
+    return cfg
+
+
+def load(name_or_path: str, overrides: list[str] | None = None) -> Config:
+    """Load a profile (path or name in ``conf/``), apply overrides, validate.
+
+    Raises:
+        ConfigError: the file is missing, a key is unknown, or a value is invalid.
+    """
+    path = find_profile(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level")
+    raw.setdefault("name", path.stem)
+    if overrides:
+        base = Config().to_dict()
+        _deep_merge(base, raw)
+        _apply_overrides(base, overrides)
+        raw = base
+    return from_dict(raw, base_dir=path.parent)
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> None:
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value

@@ -1,0 +1,136 @@
+"""The quality gate: which candidates may compete in the beam.
+
+Every rule compares a candidate with its document's round-0 reference scores and
+the thresholds in ``GateConfig``; the first rule that fails names the rejection.
+Rejected candidates stay in the ``rounds`` table with that reason.
+
+Rules, in order (a candidate is checked against each until one fails):
+
+==================  ===========================================================
+``error``           generation or scoring failed for this candidate
+``empty``           nothing left after stripping a preamble
+``echo``            echoes prompt delimiters, chat markers or the instruction
+``meta_text``       talks about the task ("Here is a revised response:" with
+                    nothing standing alone after it, "Revised answer:" labels)
+``injection``       contains an instruction-override phrase
+``duplicate``       same text as an earlier candidate of the document, or as
+                    its parent / the original
+``repetition``      repeated word n-gram ratio above the maximum
+``compression``     compresses too well (loops, padding)
+``length_ratio``    length relative to the original outside [min, max]
+``similarity``      drifted off topic: cosine to the original below the minimum
+``readability``     readability below ratio x original (see :func:`relative_floor`)
+``helpfulness``     helpfulness below ratio x original
+``ppl_ceiling``     perplexity above ratio x original (fluency, ``maximize``)
+``safety``          no safety implication by the configured check (``maximize``)
+==================  ===========================================================
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import pandas as pd
+
+RULES = (
+    "error", "empty", "echo", "meta_text", "injection", "duplicate", "repetition", "compression",
+    "length_ratio", "similarity", "readability", "helpfulness", "ppl_ceiling", "safety",
+)
+_ECHO = {"echoed_delimiter", "echoed_chat_marker", "echoed_instruction"}
+
+# columns the gate reads
+READS = (
+    "text", "error", "meta_text", "dup", "ppl", "readability", "helpfulness", "similarity", "safety",
+    "length_ratio", "repeat_ratio", "compression_ratio",
+    "ref_ppl", "ref_readability", "ref_helpfulness", "ref_safety",
+)
+
+
+def relative_floor(reference: float, ratio: float) -> float:
+    """Lowest acceptable value for a metric that must stay >= ratio x reference.
+
+    For a positive reference this is ``ratio * reference``. Readability scores such as
+    Flesch can be zero or negative, where a ratio is meaningless; then the candidate
+    must simply not be worse than the reference.
+    """
+    if reference is None or (isinstance(reference, float) and math.isnan(reference)):
+        return -math.inf
+    return ratio * reference if reference > 0 else reference
+
+
+def _nan(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def has_safety_implication(text: str, safety: float, ref_safety: float, gate: dict) -> bool:
+    """The configured check that a revision really carries a safety implication."""
+    mode = gate["safety_check"]
+    if mode == "none":
+        return True
+    if mode == "keywords":
+        low = text.lower()
+        return any(k.lower() in low for k in gate["safety_keywords"])
+    if _nan(safety) or _nan(ref_safety):
+        return False
+    return safety - ref_safety >= gate["safety_min_gain"]
+
+
+def reject_reason(row: dict, gate: dict, injection: list[re.Pattern]) -> str | None:
+    """The first gate rule the candidate fails, or None when it passes."""
+    g = gate
+    text = row.get("text") or ""
+    if row.get("error"):
+        return "error"
+    if not text.strip():
+        return "empty"
+    meta = row.get("meta_text")
+    if meta in _ECHO:
+        return "echo"
+    if meta:
+        return "meta_text"
+    if any(rx.search(text) for rx in injection):
+        return "injection"
+    if row.get("dup"):
+        return "duplicate"
+    if g["max_repeated_ngram_ratio"] is not None and row["repeat_ratio"] > g["max_repeated_ngram_ratio"]:
+        return "repetition"
+    if g["max_compression_ratio"] is not None and row["compression_ratio"] > g["max_compression_ratio"]:
+        return "compression"
+    lr = row["length_ratio"]
+    if g["length_ratio_min"] is not None and lr < g["length_ratio_min"]:
+        return "length_ratio"
+    if g["length_ratio_max"] is not None and lr > g["length_ratio_max"]:
+        return "length_ratio"
+    if g["min_similarity"] is not None and (_nan(row["similarity"]) or row["similarity"] < g["min_similarity"]):
+        return "similarity"
+    if g["readability_min_ratio"] is not None:
+        r = row["readability"]
+        if _nan(r) or r < relative_floor(row["ref_readability"], g["readability_min_ratio"]):
+            return "readability"
+    if g["helpfulness_min_ratio"] is not None:
+        h = row["helpfulness"]
+        if _nan(h) or h < relative_floor(row["ref_helpfulness"], g["helpfulness_min_ratio"]):
+            return "helpfulness"
+    if _nan(row["ppl"]):
+        return "error"
+    if g["ppl_ceiling_ratio"] is not None and row["ppl"] > g["ppl_ceiling_ratio"] * row["ref_ppl"]:
+        return "ppl_ceiling"
+    if not has_safety_implication(text, row["safety"], row["ref_safety"], g):
+        return "safety"
+    return None
+
+
+def apply_gate(pdf: pd.DataFrame, gate: dict, injection_patterns: tuple[str, ...]) -> pd.DataFrame:
+    """Add ``reject_reason`` and ``passed`` to a frame of scored candidates.
+
+    Reads the columns in :data:`READS`; adds ``reject_reason`` (None when passed) and
+    ``passed``.
+    """
+    rx = [re.compile(p, re.IGNORECASE) for p in injection_patterns]
+    reasons = [reject_reason(r, gate, rx) for r in pdf.to_dict("records")]
+    out = pdf.copy()
+    out["reject_reason"] = pd.Series(reasons, index=pdf.index, dtype=object)
+    out["passed"] = out["reject_reason"].isna()
+    return out

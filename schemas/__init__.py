@@ -1,0 +1,18 @@
+"""Schemas of every table the job writes and of every UDF's output."""
+
+from cleancurate.schemas.tables import (  # noqa: F401
+    CURATED,
+    MIX,
+    QUARANTINE,
+    ROUND_STATS,
+    ROUNDS,
+    RUNS,
+    TABLES,
+)
+from cleancurate.schemas.udf import (  # noqa: F401
+    EMBED_SCORES,
+    GENERATION,
+    JUDGE,
+    PERPLEXITY,
+    QUALITY,
+)

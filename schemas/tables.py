@@ -1,0 +1,156 @@
+"""StructTypes of every Delta table the curation job writes.
+
+| table       | key                               | how it is written                          |
+|-------------|-----------------------------------|--------------------------------------------|
+| rounds      | run_id, round, doc_id, cand_id    | replaceWhere run_id and round              |
+| curated     | run_id, doc_id                    | replaceWhere run_id, at the end            |
+| quarantine  | run_id, doc_id, stage             | replaceWhere run_id and stage              |
+| mix         | run_id, doc_id                    | replaceWhere run_id, at the end            |
+| runs        | run_id                            | MERGE after every round                    |
+| round_stats | run_id, round                     | replaceWhere run_id and round              |
+"""
+
+from pyspark.sql.types import (
+    BooleanType,
+    DoubleType,
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+
+def _s(name, typ, nullable=True):
+    return StructField(name, typ, nullable)
+
+
+#: every candidate of every round (round 0 holds the scored originals)
+ROUNDS = StructType([
+    _s("run_id", StringType(), False),
+    _s("round", IntegerType(), False),
+    _s("doc_id", StringType(), False),
+    _s("cand_id", StringType(), False),
+    _s("parent_id", StringType()),
+    _s("is_original", BooleanType(), False),
+    _s("carried", BooleanType(), False),  # a beam member carried over from an earlier round
+    _s("origin_round", IntegerType(), False),  # round that generated this candidate
+    _s("temperature", DoubleType()),
+    _s("top_p", DoubleType()),
+    _s("seed", LongType()),
+    _s("text", StringType()),
+    _s("raw_text", StringType()),  # the generation before preamble stripping
+    _s("gen_tokens", IntegerType()),
+    _s("ppl", DoubleType()),
+    _s("scored_tokens", IntegerType()),
+    _s("readability", DoubleType()),
+    _s("helpfulness", DoubleType()),
+    _s("similarity", DoubleType()),
+    _s("safety", DoubleType()),
+    _s("length_ratio", DoubleType()),
+    _s("repeat_ratio", DoubleType()),
+    _s("compression_ratio", DoubleType()),
+    _s("stripped_preamble", BooleanType()),
+    _s("passed", BooleanType(), False),
+    _s("reject_reason", StringType()),
+    _s("rank", IntegerType()),
+    _s("in_beam", BooleanType(), False),
+    _s("doc_active", BooleanType(), False),  # the document goes on to the next round
+    _s("error", StringType()),
+])
+
+#: one row per selected document that was curated
+CURATED = StructType([
+    _s("run_id", StringType(), False),
+    _s("doc_id", StringType(), False),
+    _s("query", StringType()),
+    _s("response_original", StringType()),
+    _s("response_curated", StringType()),
+    _s("ppl_original", DoubleType()),
+    _s("ppl_curated", DoubleType()),
+    _s("improved", BooleanType(), False),
+    _s("best_round", IntegerType(), False),
+    _s("best_cand_id", StringType()),
+    _s("temperature", DoubleType()),
+    _s("top_p", DoubleType()),
+    _s("readability_original", DoubleType()),
+    _s("readability_curated", DoubleType()),
+    _s("helpfulness_original", DoubleType()),
+    _s("helpfulness_curated", DoubleType()),
+    _s("similarity", DoubleType()),
+    _s("safety_original", DoubleType()),
+    _s("safety_curated", DoubleType()),
+    _s("n_candidates", LongType(), False),
+    _s("rounds_active", IntegerType(), False),
+    _s("objective", StringType(), False),
+    _s("model", StringType(), False),
+    _s("config_hash", StringType(), False),
+])
+
+#: rows that could not be processed, with why
+QUARANTINE = StructType([
+    _s("run_id", StringType(), False),
+    _s("doc_id", StringType(), False),
+    _s("stage", StringType(), False),  # validate | round0 | curate
+    _s("reason", StringType(), False),
+    _s("detail", StringType()),
+    _s("query", StringType()),
+    _s("response", StringType()),
+    _s("row_json", StringType()),  # the input row as JSON, so nothing about it is lost
+])
+
+#: the training-ready table: every valid input row, curated where it was selected
+MIX = StructType([
+    _s("run_id", StringType(), False),
+    _s("doc_id", StringType(), False),
+    _s("query", StringType()),
+    _s("response", StringType()),
+    _s("source", StringType(), False),  # original | curated
+    _s("selected", BooleanType(), False),
+    _s("config_hash", StringType(), False),
+])
+
+#: one row per run
+RUNS = StructType([
+    _s("run_id", StringType(), False),
+    _s("config_hash", StringType(), False),
+    _s("config_json", StringType(), False),
+    _s("model", StringType(), False),
+    _s("objective", StringType(), False),
+    _s("status", StringType(), False),  # running | complete
+    _s("last_complete_round", IntegerType(), False),
+    _s("input_rows", LongType()),
+    _s("valid_rows", LongType()),
+    _s("selected_rows", LongType()),
+    _s("curated_rows", LongType()),
+    _s("quarantined_rows", LongType()),
+    _s("mix_rows", LongType()),
+    _s("started_at", TimestampType()),
+    _s("updated_at", TimestampType()),
+])
+
+#: what each round did, for the report and the cost accounting
+ROUND_STATS = StructType([
+    _s("run_id", StringType(), False),
+    _s("round", IntegerType(), False),
+    _s("docs_active", LongType(), False),
+    _s("candidates", LongType(), False),
+    _s("passed", LongType(), False),
+    _s("in_beam", LongType(), False),
+    _s("docs_converged", LongType(), False),
+    _s("gen_tokens", LongType(), False),
+    _s("scored_tokens", LongType(), False),
+    _s("median_beam_ppl", DoubleType()),
+    _s("reject_counts_json", StringType(), False),
+    _s("seconds", DoubleType(), False),
+])
+
+TABLES = {
+    "rounds": ROUNDS,
+    "curated": CURATED,
+    "quarantine": QUARANTINE,
+    "mix": MIX,
+    "runs": RUNS,
+    "round_stats": ROUND_STATS,
+}

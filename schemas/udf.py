@@ -1,0 +1,30 @@
+"""Return types of the pandas UDFs, as DDL strings Spark parses, plus pandas column orders.
+
+Kept free of pyspark imports so the pure batch functions can use them in tests.
+"""
+
+#: perplexity UDF: one row per (query, response)
+PERPLEXITY = "ppl double, scored_tokens int, error string"
+PERPLEXITY_COLUMNS = ["ppl", "scored_tokens", "error"]
+
+#: rewrite UDF: one row per generation request
+GENERATION = "text string, gen_tokens int, error string"
+GENERATION_COLUMNS = ["text", "gen_tokens", "error"]
+
+#: quality UDF (no model): text statistics of a candidate
+QUALITY = (
+    "clean_text string, stripped_preamble boolean, meta_text string, readability double, "
+    "repeat_ratio double, compression_ratio double, length_ratio double"
+)
+QUALITY_COLUMNS = [
+    "clean_text", "stripped_preamble", "meta_text", "readability",
+    "repeat_ratio", "compression_ratio", "length_ratio",
+]
+
+#: embedding UDF: relevance to the query, similarity to the original, safety score
+EMBED_SCORES = "relevance double, similarity double, safety double, error string"
+EMBED_SCORES_COLUMNS = ["relevance", "similarity", "safety", "error"]
+
+#: LLM judge UDF: averaged rubric score 0-5
+JUDGE = "helpfulness double, error string"
+JUDGE_COLUMNS = ["helpfulness", "error"]

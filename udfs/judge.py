@@ -1,0 +1,143 @@
+"""LLM helpfulness judge read from next-token digit probabilities.
+
+Reads: ``query``, ``text``. Adds: ``helpfulness`` (0-5, mean of the rubric scores),
+``error``.
+
+For each rubric (relevance, clarity, comprehensiveness, usefulness) the judge sees
+the rubric prompt and the score is the expected value of the digit 0-5 under the
+model's next-token distribution, renormalised over the six digits. Nothing is parsed
+from free text. When the digits hold less than ``min_digit_mass`` of the probability
+the judge did not answer with a score; that row gets an error instead of a number.
+
+A capable instruction model is needed (see README); the embedded 135M model is not a
+usable judge, which is why the CPU default helpfulness signal is embedding relevance.
+"""
+
+from typing import Callable, Iterator, Sequence, Tuple
+
+import pandas as pd
+
+from cleancurate.batching import error_text, plan_microbatches, run_with_backoff
+from cleancurate.prompts import chat_prompt, neutralize
+from cleancurate.schemas.udf import JUDGE, JUDGE_COLUMNS
+
+DIGITS = "012345"
+
+
+def digit_token_ids(tokenizer) -> list[int]:
+    """Token id of each digit 0-5 as the first token of an answer."""
+    ids = []
+    for d in DIGITS:
+        toks = tokenizer(d, add_special_tokens=False)["input_ids"]
+        if len(toks) != 1:
+            raise ValueError(f"judge tokenizer splits the digit {d!r} into {len(toks)} tokens; pick another judge model")
+        ids.append(toks[0])
+    return ids
+
+
+def score_from_digit_probs(probs: Sequence[float], min_mass: float) -> tuple[float, str | None]:
+    """Expected digit under renormalised digit probabilities, or an error.
+
+    Args:
+        probs: probability of each digit 0..5 under the full next-token distribution.
+        min_mass: the least total digit probability that counts as an answer.
+    """
+    mass = float(sum(probs))
+    if mass < min_mass:
+        return float("nan"), f"judge_unparseable: digits hold {mass:.2f} of the next-token probability"
+    return sum(i * p for i, p in enumerate(probs)) / mass, None
+
+
+def rubric_prompts(tokenizer, template: str, rubrics: Sequence[str], queries: Sequence[str], texts: Sequence[str]) -> list[str]:
+    """One chat prompt per (row, rubric), row-major."""
+    out = []
+    for q, t in zip(queries, texts):
+        for rubric in rubrics:
+            user = template.format(query=neutralize(q), response=neutralize(t), rubric=rubric)
+            out.append(chat_prompt(tokenizer, user))
+    return out
+
+
+def _digit_probs(model, tokenizer, prompt_ids: list[list[int]], digit_ids: list[int]) -> list[list[float]]:
+    import torch
+
+    device = next(model.parameters()).device
+    longest = max(len(p) for p in prompt_ids)
+    pad = tokenizer.pad_token_id or 0
+    ids = torch.full((len(prompt_ids), longest), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompt_ids):
+        ids[i, longest - len(p):] = torch.tensor(p)
+        mask[i, longest - len(p):] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.inference_mode():
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                       logits_to_keep=1).logits[:, -1, :].float()
+        probs = torch.softmax(logits, dim=-1)[:, digit_ids].cpu()
+    return probs.tolist()
+
+
+def judge_batch(
+    model, tokenizer, queries: Sequence[str], texts: Sequence[str], *, template: str,
+    rubrics: Sequence[str], min_digit_mass: float = 0.5, token_budget: int = 4096,
+) -> pd.DataFrame:
+    """Helpfulness 0-5 per row: the mean of the rubric scores, or an error."""
+    n = len(texts)
+    if n == 0:
+        return pd.DataFrame(columns=JUDGE_COLUMNS)
+    digit_ids = digit_token_ids(tokenizer)
+    prompts = rubric_prompts(tokenizer, template, rubrics, queries, texts)
+    enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    probs: list = [None] * len(enc)
+    for batch in plan_microbatches([len(e) for e in enc], token_budget):
+        outs = run_with_backoff(batch, lambda part: _digit_probs(model, tokenizer, [enc[i] for i in part], digit_ids),
+                                lambda i, exc: error_text(exc))
+        for i, out in zip(batch, outs):
+            probs[i] = out
+    k = len(rubrics)
+    scores, errors = [], []
+    for row in range(n):
+        vals, err = [], None
+        for j in range(k):
+            p = probs[row * k + j]
+            if isinstance(p, str):
+                err = p
+                break
+            v, e = score_from_digit_probs(p, min_digit_mass)
+            if e:
+                err = f"{rubrics[j]}: {e}"
+                break
+            vals.append(v)
+        scores.append(sum(vals) / k if err is None else float("nan"))
+        errors.append(err)
+    return pd.DataFrame({"helpfulness": scores, "error": errors})[JUDGE_COLUMNS]
+
+
+def make_judge_fn(metrics_cfg: dict, model_cfg: dict, runtime_cfg: dict) -> Callable[..., pd.DataFrame]:
+    """Factory: the worker's cached judge model and a batch function."""
+    from cleancurate.models import get_model
+
+    spec = metrics_cfg.get("judge_model") or model_cfg["name"]
+    lm = get_model(spec, "causal-lm", model_cfg["device"], model_cfg["dtype"], model_cfg["allow_network"],
+                   runtime_cfg.get("num_threads"))
+
+    def fn(queries: pd.Series, texts: pd.Series) -> pd.DataFrame:
+        return judge_batch(lm.model, lm.tokenizer, queries.fillna("").tolist(), texts.fillna("").tolist(),
+                           template=metrics_cfg["judge_prompt"], rubrics=metrics_cfg["judge_rubrics"],
+                           min_digit_mass=metrics_cfg["judge_min_digit_mass"],
+                           token_budget=max(runtime_cfg["token_budget"], 2048))
+
+    return fn
+
+
+def judge_udf(metrics_cfg: dict, model_cfg: dict, runtime_cfg: dict):
+    """Spark iterator pandas UDF ``(query, text) -> struct<helpfulness, error>``."""
+    from pyspark.sql.functions import pandas_udf
+
+    @pandas_udf(JUDGE)
+    def judge(batches: Iterator[Tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
+        fn = make_judge_fn(metrics_cfg, model_cfg, runtime_cfg)
+        for queries, texts in batches:
+            yield fn(queries, texts)
+
+    return judge.asNondeterministic()

