@@ -15,7 +15,9 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def plan_microbatches(lengths: Sequence[int], token_budget: int, max_rows: int | None = None) -> list[list[int]]:
+def plan_microbatches(
+    lengths: Sequence[int], token_budget: int, max_rows: int | None = None, keys: Sequence | None = None,
+) -> list[list[int]]:
     """Group row indices into micro-batches under ``token_budget`` padded tokens.
 
     Rows are taken longest first, so each batch pads to its first row. A row longer
@@ -25,11 +27,16 @@ def plan_microbatches(lengths: Sequence[int], token_budget: int, max_rows: int |
         lengths: token length of each row.
         token_budget: max of (rows in batch x longest row in batch).
         max_rows: optional cap on rows per batch.
+        keys: optional tie-break among equal lengths, so equal keys (e.g. one prompt
+            sampled many times) land next to each other.
 
     Returns:
         Lists of row indices; every index appears exactly once.
     """
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    if keys is None:
+        order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    else:
+        order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], keys[i], i))
     batches: list[list[int]] = []
     cur: list[int] = []
     cur_max = 0

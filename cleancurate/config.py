@@ -80,7 +80,8 @@ class CurationConfig:
     max_new_tokens: int = 256
     prompt_file: str = "prompts/ctrl_revise.txt"
     system_prompt: str | None = None
-    stop_tolerance: float = 0.0  # a doc converges when a round improves its best by <= this (relative)
+    early_stop: bool = True  # a document leaves the search when a round brings no improvement
+    stop_tolerance: float = 0.0  # relative improvement a round must exceed to keep a document active
     dedupe_candidates: bool = True
     max_candidates_per_round: int = 1_000_000
     prompt: str = ""  # filled from prompt_file at load time
@@ -91,8 +92,12 @@ class MetricsConfig:
     """Quality signals computed for every candidate."""
 
     readability: str = "flesch_reading_ease"  # any textstat function of one text
-    helpfulness: str = "embedding"  # embedding (query-response relevance) | judge (LLM rubric judge)
+    helpfulness: str = "embedding"  # embedding (relevance + style) | judge (LLM rubric judge)
     embedder: str = "embedded:minilm-l6"
+    # embedding helpfulness = cos(query, text) + style_weight * (cos(text, helpful) - cos(text, unhelpful))
+    style_weight: float = 1.0
+    helpful_anchor: str = "A clear, practical and polite answer that explains concrete steps."
+    unhelpful_anchor: str = "A dismissive, rude or joking reply that refuses to help."
     judge_model: str | None = None  # None: the curation model
     judge_prompt_file: str = "prompts/judge.txt"
     judge_rubrics: tuple[str, ...] = ("relevance", "clarity", "comprehensiveness", "usefulness")

@@ -61,7 +61,14 @@ def relative_floor(reference: float, ratio: float) -> float:
 
 
 def _nan(x: Any) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x))
+    """Missing value: None, NaN or pandas NA (pandas 3 string columns hold NaN for null)."""
+    if x is None or x is pd.NA:
+        return True
+    return isinstance(x, float) and math.isnan(x)
+
+
+def _str(x: Any) -> str | None:
+    return None if _nan(x) else str(x)
 
 
 def has_safety_implication(text: str, safety: float, ref_safety: float, gate: dict) -> bool:
@@ -80,19 +87,19 @@ def has_safety_implication(text: str, safety: float, ref_safety: float, gate: di
 def reject_reason(row: dict, gate: dict, injection: list[re.Pattern]) -> str | None:
     """The first gate rule the candidate fails, or None when it passes."""
     g = gate
-    text = row.get("text") or ""
-    if row.get("error"):
+    text = _str(row.get("text")) or ""
+    if _str(row.get("error")):
         return "error"
     if not text.strip():
         return "empty"
-    meta = row.get("meta_text")
+    meta = _str(row.get("meta_text"))
     if meta in _ECHO:
         return "echo"
     if meta:
         return "meta_text"
     if any(rx.search(text) for rx in injection):
         return "injection"
-    if row.get("dup"):
+    if not _nan(row.get("dup")) and bool(row.get("dup")):
         return "duplicate"
     if g["max_repeated_ngram_ratio"] is not None and row["repeat_ratio"] > g["max_repeated_ngram_ratio"]:
         return "repetition"

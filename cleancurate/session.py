@@ -11,6 +11,7 @@ local jar paths, for machines without Maven access).
 from __future__ import annotations
 
 import os
+import sys
 from importlib.metadata import version
 
 DELTA_SQL_EXT = "io.delta.sql.DeltaSparkSessionExtension"
@@ -57,6 +58,8 @@ def get_spark(master: str = "local[2]", app_name: str = "cleancurate", conf: dic
         builder = SparkSession.builder.appName(app_name)
     else:
         builder = SparkSession.builder.master(master).appName(app_name)
+        # local workers must run this interpreter (the venv), not whatever python3 is on PATH
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     settings = {
         "spark.sql.extensions": DELTA_SQL_EXT,
         "spark.sql.catalog.spark_catalog": DELTA_CATALOG,

@@ -1,7 +1,9 @@
 """Schemas of every table the job writes and of every UDF's output."""
 
 from cleancurate.schemas.tables import (  # noqa: F401
+    CANDIDATES,
     CURATED,
+    DOCS,
     MIX,
     QUARANTINE,
     ROUND_STATS,
@@ -15,4 +17,5 @@ from cleancurate.schemas.udf import (  # noqa: F401
     JUDGE,
     PERPLEXITY,
     QUALITY,
+    SCORES,
 )

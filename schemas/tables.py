@@ -2,6 +2,8 @@
 
 | table       | key                               | how it is written                          |
 |-------------|-----------------------------------|--------------------------------------------|
+| docs        | run_id, doc_id                    | replaceWhere run_id, before round 0        |
+| candidates  | run_id, round, doc_id, cand_id    | replaceWhere run_id and round (staging)    |
 | rounds      | run_id, round, doc_id, cand_id    | replaceWhere run_id and round              |
 | curated     | run_id, doc_id                    | replaceWhere run_id, at the end            |
 | quarantine  | run_id, doc_id, stage             | replaceWhere run_id and stage              |
@@ -83,6 +85,8 @@ CURATED = StructType([
     _s("safety_curated", DoubleType()),
     _s("n_candidates", LongType(), False),
     _s("rounds_active", IntegerType(), False),
+    _s("gen_tokens", LongType(), False),  # generated tokens spent on this document
+    _s("scored_tokens", LongType(), False),  # scored tokens spent on this document
     _s("objective", StringType(), False),
     _s("model", StringType(), False),
     _s("config_hash", StringType(), False),
@@ -146,7 +150,21 @@ ROUND_STATS = StructType([
     _s("seconds", DoubleType(), False),
 ])
 
+#: valid input rows of a run and whether each was selected (read back by every round)
+DOCS = StructType([
+    _s("run_id", StringType(), False),
+    _s("doc_id", StringType(), False),
+    _s("query", StringType()),
+    _s("response", StringType()),
+    _s("selected", BooleanType(), False),
+])
+
+#: staging: scored and gated new candidates of a round, before beam ranking
+CANDIDATES = StructType([f for f in ROUNDS.fields if f.name not in ("rank", "in_beam", "doc_active")])
+
 TABLES = {
+    "docs": DOCS,
+    "candidates": CANDIDATES,
     "rounds": ROUNDS,
     "curated": CURATED,
     "quarantine": QUARANTINE,

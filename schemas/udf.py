@@ -21,10 +21,18 @@ QUALITY_COLUMNS = [
     "repeat_ratio", "compression_ratio", "length_ratio",
 ]
 
-#: embedding UDF: relevance to the query, similarity to the original, safety score
-EMBED_SCORES = "relevance double, similarity double, safety double, error string"
-EMBED_SCORES_COLUMNS = ["relevance", "similarity", "safety", "error"]
+#: embedding UDF: relevance to the query, similarity to the original, safety and style scores
+EMBED_SCORES = "relevance double, similarity double, safety double, style double, error string"
+EMBED_SCORES_COLUMNS = ["relevance", "similarity", "safety", "style", "error"]
 
 #: LLM judge UDF: averaged rubric score 0-5
 JUDGE = "helpfulness double, error string"
 JUDGE_COLUMNS = ["helpfulness", "error"]
+
+#: candidate scorer UDF: every signal of a candidate in one pass
+SCORES = (
+    "clean_text string, stripped_preamble boolean, meta_text string, readability double, "
+    "repeat_ratio double, compression_ratio double, length_ratio double, ppl double, scored_tokens int, "
+    "relevance double, similarity double, safety double, helpfulness double, error string"
+)
+SCORES_COLUMNS = [c.split()[0] for c in SCORES.split(", ")]

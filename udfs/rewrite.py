@@ -41,60 +41,68 @@ def stop_token_ids(tokenizer) -> set[int]:
 def sample_next(logits, temperatures, top_ps, generators):
     """One token per row from its own (temperature, top-p) and generator.
 
-    Temperature 0 is greedy. Sampling uses the exponential race (argmax of p / E with
-    E ~ Exp(1) drawn from the row's generator), which equals multinomial sampling.
+    Temperature 0 is greedy. Otherwise the row's distribution is tempered, cut to the
+    smallest prefix (by probability) whose mass reaches top-p, and sampled by inverse
+    CDF with one uniform number drawn from the row's own generator, so a row's draw
+    never depends on the other rows of the batch. Sorting is batched and stable.
     """
     import torch
 
-    out = torch.empty(logits.shape[0], dtype=torch.long)
     logits = logits.float().cpu()
-    for i in range(logits.shape[0]):
-        t = float(temperatures[i])
-        if t <= 0.0:
-            out[i] = int(torch.argmax(logits[i]))
-            continue
-        probs = torch.softmax(logits[i] / t, dim=-1)
-        p = float(top_ps[i])
-        if p < 1.0:
-            sorted_p, idx = torch.sort(probs, descending=True)
-            cum = torch.cumsum(sorted_p, dim=-1)
-            keep = (cum - sorted_p) < p  # smallest prefix whose mass reaches p
-            keep[0] = True
-            filtered = torch.zeros_like(probs)
-            filtered[idx[keep]] = sorted_p[keep]
-            probs = filtered
-        u = torch.rand(probs.shape[0], generator=generators[i]).clamp_(min=1e-12)
-        race = probs / (-torch.log(u))
-        out[i] = int(torch.argmax(race))
-    return out
+    b, v = logits.shape
+    temps = torch.tensor([float(t) for t in temperatures])
+    ps = torch.tensor([float(p) for p in top_ps])
+    probs = torch.softmax(logits / temps.clamp(min=1e-5)[:, None], dim=-1)
+    sorted_p, idx = torch.sort(probs, dim=-1, descending=True, stable=True)
+    keep = (sorted_p.cumsum(-1) - sorted_p) < ps[:, None]
+    keep[:, 0] = True
+    cum = (sorted_p * keep).cumsum(-1)
+    u = torch.stack([torch.rand((), generator=g) for g in generators]) * cum[:, -1]
+    pos = torch.searchsorted(cum, u[:, None].contiguous()).clamp(max=v - 1)
+    tokens = idx.gather(1, pos).squeeze(1)
+    greedy = temps <= 0.0
+    if bool(greedy.any()):
+        tokens[greedy] = logits[greedy].argmax(-1)
+    return tokens
 
 
 def _generate_group(model, tokenizer, prompt_ids: list[list[int]], temps, top_ps, seeds, max_new_tokens: int, stops: set[int]):
+    """Decode one micro-batch. Identical prompts (the sampling grid of one parent)
+    are prefilled once and their KV cache is shared by index, so a 5x5 grid costs one
+    prompt forward pass, not 25."""
     import torch
 
     device = next(model.parameters()).device
     b = len(prompt_ids)
-    longest = max(len(p) for p in prompt_ids)
+    uniq: dict[tuple, int] = {}
+    owner = [uniq.setdefault(tuple(p), len(uniq)) for p in prompt_ids]
+    uprompts = [list(p) for p in uniq]
+    longest = max(len(p) for p in uprompts)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.full((b, longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((b, longest), dtype=torch.long)
-    for i, p in enumerate(prompt_ids):
+    ids = torch.full((len(uprompts), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(uprompts), longest), dtype=torch.long)
+    for i, p in enumerate(uprompts):
         ids[i, longest - len(p):] = torch.tensor(p, dtype=torch.long)
         mask[i, longest - len(p):] = 1
     gens = [torch.Generator().manual_seed(int(s) & 0x7FFFFFFFFFFFFFFF) for s in seeds]
     position = (mask.cumsum(-1) - 1).clamp(min=0)
-    out_tokens: list[list[int]] = [[] for _ in range(b)]
-    done = [False] * b
-    past = None
     # transformers 5 renamed past_key_values to cache; support both
     cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    cur_ids, cur_pos, cur_mask = ids.to(device), position.to(device), mask.to(device)
+    out_tokens: list[list[int]] = [[] for _ in range(b)]
+    done = [False] * b
+    sel = torch.tensor(owner, dtype=torch.long)
     with torch.inference_mode():
-        for _ in range(max_new_tokens):
-            res = model(input_ids=cur_ids, attention_mask=cur_mask, position_ids=cur_pos,
-                        use_cache=True, logits_to_keep=1, **{cache_kw: past})
-            past = getattr(res, cache_kw)
-            nxt = sample_next(res.logits[:, -1, :], temps, top_ps, gens)
+        res = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position.to(device),
+                    use_cache=True, logits_to_keep=1)
+        past = getattr(res, cache_kw)
+        logits = res.logits[:, -1, :]
+        if len(uprompts) != b or owner != list(range(b)):
+            past.reorder_cache(sel.to(device))
+            logits = logits[sel.to(device)]
+        cur_mask = mask[sel].to(device)
+        cur_pos = position[sel][:, -1:].to(device)
+        for step in range(max_new_tokens):
+            nxt = sample_next(logits, temps, top_ps, gens)
             for i in range(b):
                 if done[i]:
                     continue
@@ -103,12 +111,15 @@ def _generate_group(model, tokenizer, prompt_ids: list[list[int]], temps, top_ps
                     done[i] = True
                 else:
                     out_tokens[i].append(tok)
-            if all(done):
+            if all(done) or step == max_new_tokens - 1:
                 break
             feed = torch.tensor([pad_id if done[i] else int(nxt[i]) for i in range(b)], dtype=torch.long)
-            cur_ids = feed[:, None].to(device)
-            cur_pos = cur_pos[:, -1:] + 1
+            cur_pos = cur_pos + 1
             cur_mask = torch.cat([cur_mask, torch.ones((b, 1), dtype=cur_mask.dtype, device=device)], dim=1)
+            res = model(input_ids=feed[:, None].to(device), attention_mask=cur_mask, position_ids=cur_pos,
+                        use_cache=True, logits_to_keep=1, **{cache_kw: past})
+            past = getattr(res, cache_kw)
+            logits = res.logits[:, -1, :]
     return [(tokenizer.decode(t, skip_special_tokens=True).strip(), len(t)) for t in out_tokens]
 
 
@@ -143,7 +154,7 @@ def generate_batch(
     stops = stop_token_ids(tokenizer)
     budget = token_budget or 10**12
     lengths = [len(e) + max_new_tokens for e in encoded]
-    for batch in plan_microbatches(lengths, budget, max_rows=batch_size):
+    for batch in plan_microbatches(lengths, budget, max_rows=batch_size, keys=list(prompts)):
         outs = run_with_backoff(
             batch,
             lambda part: _generate_group(

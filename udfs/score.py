@@ -1,0 +1,102 @@
+"""The candidate scorer: every quality signal of a candidate in one pass.
+
+Reads: ``query``, ``text`` (the candidate, raw), ``original``.
+Adds: ``clean_text``, ``stripped_preamble``, ``meta_text``, ``readability``,
+``repeat_ratio``, ``compression_ratio``, ``length_ratio`` (text statistics),
+``ppl``, ``scored_tokens`` (perplexity), ``relevance``, ``similarity``, ``safety``
+(embeddings), ``helpfulness`` (relevance or the LLM judge) and ``error``.
+
+The signals come from the modules beside this one (quality, perplexity, similarity,
+judge); this stage runs them in one Python worker so each executor process imports
+torch and holds the models once, instead of once per chained UDF.
+"""
+
+from typing import Callable, Iterator, Tuple
+
+import pandas as pd
+
+from cleancurate.schemas.udf import SCORES, SCORES_COLUMNS
+from cleancurate.udfs.judge import judge_batch
+from cleancurate.udfs.perplexity import score_batch
+from cleancurate.udfs.quality import quality_batch
+from cleancurate.udfs.similarity import embed_scores_batch
+
+
+
+def _first_error(*cols: pd.Series) -> pd.Series:
+    out = pd.Series([None] * len(cols[0]), dtype=object)
+    for col in cols:
+        col = col.reset_index(drop=True)
+        fill = out.isna() & col.notna()
+        out[fill] = col[fill]
+    return out
+
+
+def score_candidates(
+    lm, encoder, judge, queries, texts, originals, *, strip: bool, cfg: dict,
+) -> pd.DataFrame:
+    """All signals for each (query, candidate, original), in input order.
+
+    Args:
+        lm: the causal LM (``LoadedModel``) used for perplexity.
+        encoder: the sentence encoder (``LoadedModel``).
+        judge: the judge LM (``LoadedModel``) or None for embedding relevance.
+        strip: strip a leading preamble before scoring (candidates yes, originals no).
+        cfg: dict with ``metrics``, ``gate``, ``runtime``, ``model`` sections.
+    """
+    m, g, r = cfg["metrics"], cfg["gate"], cfg["runtime"]
+    q = quality_batch(texts, originals, formula=m["readability"], ngram=g["ngram"], meta_patterns=tuple(g["meta_patterns"]))
+    if not strip:
+        q["clean_text"] = list(texts)
+        q["stripped_preamble"] = False
+        q["meta_text"] = None
+    clean = q["clean_text"].tolist()
+    p = score_batch(lm.model, lm.tokenizer, queries, clean, token_budget=r["token_budget"],
+                    max_context=cfg["model"].get("max_context"), stride=r["score_stride"])
+    e = embed_scores_batch(encoder.model, encoder.tokenizer, queries, clean, originals, g["safety_anchor"],
+                           m["helpful_anchor"], m["unhelpful_anchor"])
+    if judge is not None:
+        j = judge_batch(judge.model, judge.tokenizer, queries, clean, template=m["judge_prompt"],
+                        rubrics=m["judge_rubrics"], min_digit_mass=m["judge_min_digit_mass"],
+                        token_budget=max(r["token_budget"], 2048))
+        helpfulness, judge_err = j["helpfulness"], j["error"]
+    else:
+        helpfulness = e["relevance"] + m["style_weight"] * e["style"]
+        judge_err = pd.Series([None] * len(clean), dtype=object)
+    out = pd.concat([q.reset_index(drop=True), p[["ppl", "scored_tokens"]].reset_index(drop=True),
+                     e[["relevance", "similarity", "safety"]].reset_index(drop=True)], axis=1)
+    out["helpfulness"] = helpfulness.reset_index(drop=True).astype("float64")
+    out["error"] = _first_error(p["error"], e["error"], judge_err)
+    return out[SCORES_COLUMNS]
+
+
+def make_scorer(cfg: dict, strip: bool) -> Callable[..., pd.DataFrame]:
+    """Factory: load (or reuse) the worker's models and return the batch function."""
+    from cleancurate.models import get_model
+
+    mc, rc, mt = cfg["model"], cfg["runtime"], cfg["metrics"]
+    lm = get_model(mc["name"], "causal-lm", mc["device"], mc["dtype"], mc["allow_network"], rc.get("num_threads"))
+    enc = get_model(mt["embedder"], "encoder", mc["device"], "auto", mc["allow_network"])
+    judge = None
+    if mt["helpfulness"] == "judge":
+        judge = get_model(mt.get("judge_model") or mc["name"], "causal-lm", mc["device"], mc["dtype"],
+                          mc["allow_network"], rc.get("num_threads"))
+
+    def fn(queries: pd.Series, texts: pd.Series, originals: pd.Series) -> pd.DataFrame:
+        return score_candidates(lm, enc, judge, queries.fillna("").tolist(), texts.fillna("").tolist(),
+                                originals.fillna("").tolist(), strip=strip, cfg=cfg)
+
+    return fn
+
+
+def scorer_udf(cfg: dict, strip: bool = True):
+    """Spark iterator pandas UDF ``(query, text, original) -> struct<SCORES>``."""
+    from pyspark.sql.functions import pandas_udf
+
+    @pandas_udf(SCORES)
+    def score(batches: Iterator[Tuple[pd.Series, pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
+        fn = make_scorer(cfg, strip)
+        for queries, texts, originals in batches:
+            yield fn(queries, texts, originals)
+
+    return score.asNondeterministic()
