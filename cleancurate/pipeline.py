@@ -90,6 +90,7 @@ class CurationJob:
         self.timings: dict[str, float] = {}
         self.counts: dict = {}
         self._udfs: dict = {}
+        self._started_at = None
 
     # ---------------------------------------------------------------- helpers
     def _emit(self, event: str, **data) -> None:
@@ -148,19 +149,19 @@ class CurationJob:
         from cleancurate.schemas import RUNS
 
         counts = self.counts
-        prev = None
-        if self.store.exists("runs"):
-            got = self._read("runs").select("started_at").collect()
-            prev = got[0].started_at if got else None
+        if self._started_at is None:
+            got = self._read("runs").select("started_at").collect() if self.store.exists("runs") else []
+            self._started_at = got[0].started_at if got else _now()
         row = Row(
             run_id=self.run_id, config_hash=self.hash, config_json=json.dumps(self.cfg.to_dict(), sort_keys=True),
             model=self.cfg.model.name, objective=self.cfg.curation.objective, status=status,
             last_complete_round=last_round, input_rows=counts.get("input_rows"),
             valid_rows=counts.get("valid_rows"), selected_rows=counts.get("selected_rows"),
             curated_rows=counts.get("curated_rows"), quarantined_rows=counts.get("quarantined_rows"),
-            mix_rows=counts.get("mix_rows"), started_at=prev or _now(), updated_at=_now(),
+            mix_rows=counts.get("mix_rows"), started_at=self._started_at, updated_at=_now(),
         )
-        self.store.merge_run(self.spark.createDataFrame([tuple(row)], RUNS))
+        # one row per run, replaced whole: idempotent like every other write, and cheaper than MERGE
+        self.store.write_slice(self.spark.createDataFrame([tuple(row)], RUNS), "runs", self._where_run())
 
     # ---------------------------------------------------------------- steps
     def _prepare(self) -> dict:
@@ -384,8 +385,9 @@ class CurationJob:
             F.sum(F.when(new, F.col("gen_tokens")).cast("long")).alias("gen_tokens"),
             F.sum(F.when(new, F.col("scored_tokens")).cast("long")).alias("scored_tokens"),
             F.percentile_approx(F.when(F.col("in_beam"), F.col("ppl")), 0.5).alias("median_beam_ppl"),
+            F.countDistinct(F.when(~F.col("doc_active"), F.col("doc_id"))).alias("converged"),
         ).collect()[0]
-        converged = rows.where("NOT doc_active").select("doc_id").distinct().count()
+        converged = agg.converged or 0
         rejects = {row.reject_reason: int(row["count"]) for row in
                    rows.where(new & F.col("reject_reason").isNotNull()).groupBy("reject_reason").count().collect()}
         stats = {

@@ -54,8 +54,19 @@ def get_spark(master: str = "local[2]", app_name: str = "cleancurate", conf: dic
     if spark is not None:
         return spark
     if os.environ.get("SPARK_ENV_LOADED") or os.environ.get("DATABRICKS_RUNTIME_VERSION"):
-        # launched by spark-submit / a platform: its settings win, ours are only defaults
+        # launched by spark-submit: the JVM (and its --packages) already exists; add only
+        # the Delta SQL settings the launcher did not set, and never the master
+        from pyspark import SparkConf
+
+        launched = SparkConf()
+        if launched.get("spark.master", "").startswith("local"):
+            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = SparkSession.builder.appName(app_name)
+        for key, value in (("spark.sql.extensions", DELTA_SQL_EXT), ("spark.sql.catalog.spark_catalog", DELTA_CATALOG),
+                           ("spark.sql.execution.arrow.pyspark.enabled", "true")):
+            if not launched.contains(key):
+                builder = builder.config(key, value)
+        return builder.getOrCreate()
     else:
         builder = SparkSession.builder.master(master).appName(app_name)
         # local workers must run this interpreter (the venv), not whatever python3 is on PATH

@@ -14,7 +14,7 @@ quarantine with a reason, checked in this order:
 ``too_long``                query + response longer than ``limits.max_chars``
 ``prompt_injection``        an instruction-override phrase (``limits.injection_patterns``)
 ``delimiter_lookalike``     text imitating the prompt delimiters or chat markers
-``duplicate_id``            a later row with an id already seen (``input.duplicate_ids: drop``)
+``duplicate_id``            a later row (input order) with an id already seen (``input.duplicate_ids: drop``)
 ``split_failed``            ``input.split_pattern`` did not match ``input.text_column``
 ==========================  =================================================
 """
@@ -96,6 +96,7 @@ def validate(df, cfg: Config) -> Validated:
     json_cols = [F.base64(F.col(c)).alias(c) if _type_name(df, c) == "binary" else F.col(c) for c in df.columns]
     base = df.select(
         *[F.col(c) for c in df.columns],
+        F.monotonically_increasing_id().alias("_row"),  # input order, for "first copy wins"
         F.to_json(F.struct(*json_cols), {"ignoreNullFields": "false"}).alias("row_json"),
     )
     split_failed = F.lit(False)
@@ -141,7 +142,7 @@ def validate(df, cfg: Config) -> Validated:
     checked = base.withColumn("reason", reason)
 
     # duplicate ids among otherwise valid rows
-    w = Window.partitionBy("doc_id").orderBy("_content", "row_json")
+    w = Window.partitionBy("doc_id").orderBy("_row")
     checked = checked.withColumn("_dup_rank", F.when(F.col("reason").isNull(), F.row_number().over(w)))
     if inp.duplicate_ids == "error":
         dups = checked.where("_dup_rank > 1").select("doc_id").distinct().limit(5).collect()

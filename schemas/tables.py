@@ -8,7 +8,7 @@
 | curated     | run_id, doc_id                    | replaceWhere run_id, at the end            |
 | quarantine  | run_id, doc_id, stage             | replaceWhere run_id and stage              |
 | mix         | run_id, doc_id                    | replaceWhere run_id, at the end            |
-| runs        | run_id                            | MERGE after every round                    |
+| runs        | run_id                            | replaceWhere run_id after every round      |
 | round_stats | run_id, round                     | replaceWhere run_id and round              |
 """
 

@@ -1,0 +1,1 @@
+"""Profiles and prompts, shipped inside the wheel as cleancurate.conf."""

@@ -1,0 +1,234 @@
+"""The curation job through a local Spark session with Delta: tables, accounting,
+gate decisions, beam, determinism, resume after a stop and after a SIGKILL."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import jobdata
+from cleancurate import config as C
+from cleancurate.gate import apply_gate
+from cleancurate.pipeline import curate
+from cleancurate.schemas import TABLES
+
+pytestmark = [pytest.mark.spark, pytest.mark.model]
+COMPARED = ("docs", "rounds", "curated", "quarantine", "mix")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("job")
+
+
+@pytest.fixture(scope="module")
+def input_path(spark, workdir):
+    return jobdata.write_parquet(spark, str(workdir / "input.parquet"))
+
+
+def _cfg(input_path, out, **kw):
+    return C.from_dict(jobdata.job_config(input_path, str(out), **kw))
+
+
+@pytest.fixture(scope="module")
+def run(spark, input_path, workdir):
+    """The reference run: 3 rounds, uninterrupted."""
+    return curate(None, _cfg(input_path, workdir / "full"), spark=spark, report=False)
+
+
+def table(spark, out, name) -> pd.DataFrame:
+    df = spark.read.format("delta").load(f"{out}/{name}").toPandas()
+    return df.sort_values(list(df.columns[:4])).reset_index(drop=True)
+
+
+def same_tables(spark, a, b):
+    for name in COMPARED:
+        ta, tb = table(spark, a, name), table(spark, b, name)
+        pd.testing.assert_frame_equal(ta, tb, check_exact=True, obj=name)
+
+
+def test_tables_have_the_declared_schemas(spark, run):
+    out = run.store.output.path
+    for name, schema in TABLES.items():
+        got = spark.read.format("delta").load(f"{out}/{name}").schema
+        assert [(f.name, f.dataType) for f in got.fields] == [(f.name, f.dataType) for f in schema.fields], name
+
+
+def test_every_row_is_accounted_for(spark, run):
+    out = run.store.output.path
+    n_in = len(jobdata.rows())
+    mix, quarantine, curated = (table(spark, out, t) for t in ("mix", "quarantine", "curated"))
+    validated_out = quarantine[quarantine.stage == "validate"]
+    assert n_in == len(mix) + len(validated_out)
+    selected = int(mix.selected.sum())
+    assert selected == 3  # selection.max_docs
+    assert selected == len(curated) + len(quarantine[quarantine.stage != "validate"])
+    assert run.counts["input_rows"] == n_in and run.counts["mix_rows"] == len(mix)
+    # the mix: curated text where a row was curated, the original elsewhere
+    cur = mix[mix.source == "curated"].merge(curated, on="doc_id")
+    assert (cur.response == cur.response_curated).all()
+    assert set(mix.source) <= {"original", "curated"}
+
+
+def test_each_bad_row_is_quarantined_with_its_reason(spark, run):
+    q = table(spark, run.store.output.path, "quarantine")
+    q = q[q.stage == "validate"]
+    got = sorted(zip(q.doc_id, q.reason))
+    expected = sorted((i, reason) for i, _, _, reason in jobdata.BAD)
+    assert got == expected
+    dup = q[q.reason == "duplicate_id"].iloc[0]
+    assert dup.response == "Put it near a window and water it a bit."  # the later copy, input order
+    assert all(isinstance(j, str) and j.startswith("{") for j in q.row_json)
+
+
+def test_no_injected_instruction_reaches_curated_output(spark, run):
+    out = run.store.output.path
+    texts = list(table(spark, out, "curated").response_curated) + list(table(spark, out, "mix").response)
+    for t in texts:
+        low = t.lower()
+        assert "ignore previous instructions" not in low and "you are now evil" not in low
+        assert "<|im_start|>" not in t and "</response>" not in t
+
+
+def test_rounds_hold_the_full_grid_and_at_most_k_in_the_beam(spark, run):
+    cfg = run.config
+    grid = len(cfg.curation.temperatures) * len(cfg.curation.top_ps)
+    r = table(spark, run.store.output.path, "rounds")
+    assert sorted(r["round"].unique()) == [0, 1, 2, 3]
+    for (doc, rnd), g in r.groupby(["doc_id", "round"]):
+        assert g.in_beam.sum() <= cfg.curation.beam_size
+        if rnd == 0:
+            assert len(g) == 1 and bool(g.is_original.iloc[0])
+            continue
+        prev = r[(r.doc_id == doc) & (r["round"] == rnd - 1) & r.in_beam]
+        new = g[~g.carried]
+        assert len(new) == len(prev) * grid, (doc, rnd)
+        assert set(new.parent_id) == set(prev.cand_id)
+        assert sorted(zip(new.temperature, new.top_p)) == sorted(
+            (t, p) for _ in range(len(prev)) for t in cfg.curation.temperatures for p in cfg.curation.top_ps)
+        # the beam is the best eligible members by perplexity, ties by cand_id
+        eligible = g[g.passed | g.is_original].sort_values(["ppl", "cand_id"])
+        assert list(g[g.in_beam].sort_values(["ppl", "cand_id"]).cand_id) == list(eligible.cand_id[:cfg.curation.beam_size])
+
+
+def test_gate_decisions_match_the_configured_thresholds(spark, run):
+    cfg = run.config
+    r = table(spark, run.store.output.path, "rounds")
+    refs = r[r["round"] == 0].set_index("doc_id")
+    new = r[(r["round"] > 0) & ~r.carried].copy()
+    assert len(new) > 0
+    for col, src in (("ref_ppl", "ppl"), ("ref_readability", "readability"),
+                     ("ref_helpfulness", "helpfulness"), ("ref_safety", "safety")):
+        new[col] = new.doc_id.map(refs[src])
+    from cleancurate.udfs.quality import meta_text_reason
+
+    new["meta_text"] = [meta_text_reason(t or "") for t in new.text]
+    new["dup"] = False
+    gate = cfg.to_dict()["gate"]
+    recomputed = apply_gate(new, gate, cfg.limits.injection_patterns)
+    def norm(x):
+        return None if pd.isna(x) else x
+
+    decided = Counter()
+    for got, want in zip(new.reject_reason.map(norm), recomputed.reject_reason.map(norm)):
+        if got == "duplicate":  # marked after the gate, across candidates
+            continue
+        assert got == want
+        decided[got or "passed"] += 1
+    assert sum(decided.values()) >= len(new) // 2
+
+
+def test_minimize_never_makes_perplexity_worse_and_picks_the_best(spark, run):
+    out = run.store.output.path
+    cur, r = table(spark, out, "curated"), table(spark, out, "rounds")
+    assert len(cur) == 3
+    assert (cur.ppl_curated <= cur.ppl_original).all()
+    for row in cur.itertuples():
+        passing = r[(r.doc_id == row.doc_id) & r.passed & ~r.carried]
+        assert row.ppl_curated == pytest.approx(passing.ppl.min())
+        if row.improved:
+            assert row.response_curated != row.response_original
+            assert row.best_round >= 1 and row.n_candidates > 0
+        else:
+            assert row.response_curated == row.response_original and row.best_round == 0
+    assert (cur.objective == "minimize").all() and (cur.config_hash == run.config.hash).all()
+    assert (cur.gen_tokens > 0).all()
+
+
+def test_models_load_once_per_python_worker(run):
+    log = Path(os.environ["CLEANCURATE_LOAD_LOG"])
+    loads = [tuple(line.split("\t")[:2]) for line in log.read_text().splitlines() if line.strip()]
+    assert loads, "the load log is empty: workers did not report model loads"
+    counts = Counter(loads)
+    assert max(counts.values()) == 1, counts  # no (worker pid, model) pair loaded twice across 3 rounds
+    # a few workers at most, not one load per batch, partition or round
+    assert len({pid for pid, _ in loads}) <= 8
+
+
+def test_two_runs_give_identical_tables(spark, run, input_path, workdir):
+    again = curate(None, _cfg(input_path, workdir / "again"), spark=spark, report=False)
+    assert again.run_id == run.run_id
+    same_tables(spark, run.store.output.path, again.store.output.path)
+
+
+def test_stop_after_round_one_and_resume_gives_the_same_tables(spark, run, input_path, workdir):
+    out = workdir / "resumed"
+    first = curate(None, _cfg(input_path, out), spark=spark, report=False, stop_after_round=1)
+    assert not first.complete
+    assert not (out / "curated").exists()
+    events = []
+    second = curate(None, _cfg(input_path, out), spark=spark, report=False, progress=events.append)
+    assert second.complete and second.resumed_from_round == 1
+    started = [e["round"] for e in events if e["event"] == "round_start"]
+    assert started == [2, 3]  # rounds 0 and 1 were not redone
+    same_tables(spark, run.store.output.path, str(out))
+
+
+def test_a_changed_config_against_an_existing_output_is_an_error(spark, run, input_path):
+    changed = _cfg(input_path, run.store.output.path).with_overrides(["curation.beam_size=1"])
+    with pytest.raises(C.ConfigError, match="Pass --new-run"):
+        curate(None, changed, spark=spark, report=False)
+
+
+@pytest.mark.slow
+def test_sigkill_after_round_one_then_restart_matches_an_uninterrupted_run(spark, run, input_path, workdir):
+    out = workdir / "killed"
+    cfg_path = jobdata.write_config(workdir / "killed.yaml", jobdata.job_config(input_path, str(out)))
+    cmd = [sys.executable, "-m", "cleancurate.jobs.curate", "--config", cfg_path, "--no-report"]
+    env = {**os.environ, "CLEANCURATE_LOAD_LOG": str(workdir / "loads-killed.log")}
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            start_new_session=True, env=env)
+    killed = False
+    deadline = time.time() + 600
+    try:
+        for line in proc.stderr:
+            if "round 1 committed" in line:
+                os.killpg(proc.pid, signal.SIGKILL)  # the driver and its JVM, no clean-up
+                killed = True
+                break
+            assert time.time() < deadline, "job did not reach round 1"
+    finally:
+        if not killed:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert killed and proc.returncode == -signal.SIGKILL
+    assert not (out / "curated").exists()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming after round 1" in done.stderr
+    same_tables(spark, run.store.output.path, str(out))
+
+
+def test_nan_free_scores_for_curated_rows(spark, run):
+    cur = table(spark, run.store.output.path, "curated")
+    for col in ("ppl_original", "ppl_curated", "readability_original", "helpfulness_original"):
+        assert all(not math.isnan(v) for v in cur[col]), col
