@@ -83,6 +83,7 @@ def environment() -> dict:
         "platform": platform.platform(),
         "cuda_available": torch.cuda.is_available(),
         "loadavg_1m": round(os.getloadavg()[0], 2),
+        "cpu_pressure_some_avg60_pct": cpu_pressure(),
     }
     try:
         import pyspark
@@ -91,6 +92,22 @@ def environment() -> dict:
     except ImportError:
         pass
     return env
+
+
+def cpu_pressure() -> float | None:
+    """Share of the last minute in which some runnable task waited for a CPU (Linux PSI, %).
+
+    Well above 0 means other processes were competing for the cores during the run.
+    """
+    try:
+        with open("/proc/pressure/cpu", encoding="ascii") as fh:
+            first = fh.readline().split()
+        return float(dict(kv.split("=") for kv in first[1:])["avg60"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+DEFAULT_THREADS = 1  # see bench/README.md: 2 intra-op threads collapse when another process holds a core
 
 
 def load_model():
@@ -103,10 +120,29 @@ def load_model():
 
 
 def timed(fn, *args, **kwargs):
-    """(result, seconds) of one call."""
+    """(result, wall seconds) of one call."""
     t0 = time.perf_counter()
     out = fn(*args, **kwargs)
     return out, time.perf_counter() - t0
+
+
+def timed_cpu(fn, *args, **kwargs):
+    """(result, wall seconds, CPU seconds of this process, all its threads) of one call.
+
+    On a shared machine CPU seconds move less with other tenants' load than wall
+    seconds do (but OpenMP threads that spin while waiting still count).
+    """
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0, time.process_time() - c0
+
+
+def set_threads(n: int | None) -> None:
+    """torch intra-op threads for this process (None keeps torch's default)."""
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
 
 
 def summary(times: list[float]) -> dict:

@@ -1,6 +1,6 @@
 """Token-budget, length-sorted perplexity scoring vs textbook fixed-size padded batches.
 
-    .venv/bin/python -m bench.batching [--rows 96] [--repeats 3] [--batch-rows 16] [--token-budget 1024]
+    .venv/bin/python -m bench.batching [--rows 96] [--repeats 1] [--batch-rows 16] [--token-budget 1024] [--threads N]
 
 *Budget*: ``score_batch(..., token_budget=1024)`` from ``cleancurate.udfs.perplexity``:
 rows length-sorted into micro-batches of at most 1024 padded tokens, the LM head
@@ -12,7 +12,9 @@ position, ``log_softmax`` over the whole vocabulary, ``gather`` of the targets a
 a mask keeping response tokens only.
 
 Both run on the same rows in the same process, alternating (budget, naive,
-budget, naive, ...) so background CPU load hits both alike. Prints one JSON object.
+budget, naive, ...) so background CPU load hits both alike. Wall and process CPU
+seconds are both reported. One repeat of 96 rows takes about 1.5-3 minutes on 2
+CPU cores. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ import math
 import os
 
 from bench._common import (
+    DEFAULT_THREADS, cpu_pressure,
     MODEL_SPEC, emit, environment, load_model, max_rel_diff, maxrss_mib, quiet_stdout,
-    rss_peak_of_self, sample_rows, summary, timed,
+    rss_peak_of_self, sample_rows, set_threads, summary, timed_cpu,
 )
 
 
@@ -61,18 +64,23 @@ def naive_score(model, tokenizer, queries, responses, batch_rows: int = 16) -> l
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=96)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--batch-rows", type=int, default=16)
     ap.add_argument("--token-budget", type=int, default=1024)
+    ap.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                    help="torch intra-op threads (default 1, see README; 0 keeps torch's own default)")
     args = ap.parse_args(argv)
 
     quiet_stdout()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from cleancurate.udfs.perplexity import encode_pairs, score_batch
 
+    load_start = round(os.getloadavg()[0], 2)
+    pressure_start = cpu_pressure()
     rows = sample_rows(args.rows)
     queries = [r["query"] for r in rows]
     responses = [r["response"] for r in rows]
+    set_threads(args.threads)
     lm, load_s = load_model()
     model, tok = lm.model, lm.tokenizer
 
@@ -100,20 +108,24 @@ def main(argv=None) -> None:
     score_batch(model, tok, queries[:8], responses[:8], token_budget=args.token_budget)
     naive_score(model, tok, queries[:8], responses[:8], args.batch_rows)
 
-    t_budget, t_naive = [], []
+    t_budget, t_naive, c_budget, c_naive = [], [], [], []
     peak_budget, peak_naive = 0.0, 0.0
     ppl_budget = ppl_naive = None
     for _ in range(args.repeats):
         with rss_peak_of_self() as m:
-            ppl_budget, s = timed(run_budget)
+            ppl_budget, s, c = timed_cpu(run_budget)
         t_budget.append(s)
+        c_budget.append(c)
         peak_budget = max(peak_budget, m["peak_rss_mib"] or 0.0)
         with rss_peak_of_self() as m:
-            ppl_naive, s = timed(run_naive)
+            ppl_naive, s, c = timed_cpu(run_naive)
         t_naive.append(s)
+        c_naive.append(c)
         peak_naive = max(peak_naive, m["peak_rss_mib"] or 0.0)
 
     sb, sn = summary(t_budget), summary(t_naive)
+    sb["cpu_s"] = [round(c, 3) for c in c_budget]
+    sn["cpu_s"] = [round(c, 3) for c in c_naive]
     diff = max_rel_diff(ppl_budget, ppl_naive)
     emit({
         "benchmark": "batching",
@@ -131,6 +143,7 @@ def main(argv=None) -> None:
         "naive": sn,
         "ratio_naive_over_budget_median": round(sn["median_s"] / sb["median_s"], 3),
         "ratio_naive_over_budget_min": round(sn["min_s"] / sb["min_s"], 3),
+        "ratio_naive_over_budget_cpu": round(sum(c_naive) / sum(c_budget), 3),
         "target_ratio": 2.0,
         "max_rel_diff_ppl": diff,
         "ppl_match_lt_1e-4": diff < 1e-4,
@@ -140,7 +153,8 @@ def main(argv=None) -> None:
             "ru_maxrss_mib_process": maxrss_mib(),
             "note": "sampled every 20 ms from /proc/self/status VmRSS; ru_maxrss is the whole process's peak",
         },
-        "environment": environment(),
+        "environment": {**environment(), "loadavg_1m_at_start": load_start,
+                        "cpu_pressure_some_avg60_pct_at_start": pressure_start},
     })
 
 

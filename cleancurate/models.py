@@ -258,3 +258,32 @@ def clear_cache() -> None:
     """Drop every cached model of this process (tests, notebooks)."""
     with _LOCK:
         _CACHE.clear()
+
+
+def weights_gb(spec: str) -> float | None:
+    """Size of a model's weight files on disk in GB, or None for a hub id."""
+    path, local = resolve(spec)
+    if not local:
+        return None
+    files = [p for p in Path(path).iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".gguf")]
+    return sum(p.stat().st_size for p in files) / 1e9
+
+
+def check_fits(spec: str, memory_gb: float | None, copies: int = 1) -> None:
+    """Fail before the run when the model cannot fit the executor memory.
+
+    Each Python worker holds its own copy; activations and the KV cache need room too,
+    so 1.5x the weights per copy is the floor checked here.
+    """
+    if not memory_gb:
+        return
+    size = weights_gb(spec)
+    if size is None:
+        return
+    need = 1.5 * size * copies
+    if need > memory_gb:
+        raise ModelError(
+            f"model '{spec}' has {size:.1f} GB of weights; {copies} worker copies need about {need:.1f} GB, "
+            f"over model.memory_gb={memory_gb}; use a smaller model, fewer tasks per executor "
+            "(spark.task.resource.gpu.amount / spark.executor.cores) or a bigger executor"
+        )

@@ -197,6 +197,9 @@ class CurationJob:
                 f"{self.cfg.curation.max_candidates_per_round}; lower selection.fraction, curation.beam_size or "
                 "the sampling grid, or raise the cap"
             )
+        from cleancurate.models import check_fits
+
+        check_fits(self.cfg.model.name, self.cfg.model.memory_gb)
         self.timings["prepare"] = time.time() - t0
         self._emit("prepared", **counts, seconds=self.timings["prepare"])
         return counts
@@ -498,7 +501,6 @@ class CurationJob:
         self._emit("start", config_hash=self.hash, resume_after_round=last)
         R = self.cfg.curation.rounds
         if stored is None or stored.get("input_rows") is None:
-            self._mark(-1, "running")
             self.counts = self._prepare()
             self._mark(-1, "running")
             last = -1

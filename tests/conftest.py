@@ -37,6 +37,9 @@ def spark():
     """One local SparkSession with Delta for the whole test session."""
     from cleancurate.session import get_spark
 
-    s = get_spark("local[2]", "cleancurate-tests", {"spark.sql.shuffle.partitions": "2"})
+    # tiny data: one shuffle partition and no adaptive re-planning keep each stage cheap
+    s = get_spark("local[2]", "cleancurate-tests", {
+        "spark.sql.shuffle.partitions": "1", "spark.sql.adaptive.enabled": "false",
+        "spark.databricks.delta.stats.collect": "false"})
     yield s
     s.stop()

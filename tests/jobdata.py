@@ -51,13 +51,13 @@ def job_config(input_path: str, output: str, rounds: int = 3) -> dict:
         "name": "test",
         "input": {"path": input_path, "id_column": "id", "duplicate_ids": "drop"},
         "output": {"path": output},
-        "selection": {"fraction": 1.0, "seed": 3, "max_docs": 3},
+        "selection": {"fraction": 1.0, "seed": 3, "max_docs": 2},
         "model": {"name": "embedded:smollm2-135m", "device": "cpu"},
         "curation": {
             "objective": "minimize", "rounds": rounds, "beam_size": 2,
             "temperatures": [0.7, 1.0], "top_ps": [0.9], "max_new_tokens": 12, "early_stop": False,
         },
-        "runtime": {"partitions": 2, "gen_batch_size": 8, "arrow_batch_rows": 16},
+        "runtime": {"partitions": 1, "gen_batch_size": 8, "arrow_batch_rows": 16},
         "report": {"enabled": False},
     }
 

@@ -78,3 +78,29 @@ def test_text_column_needs_a_split_pattern():
         C.load("demo", ["input.text_column=text"])
     with pytest.raises(ConfigError, match="two capture groups"):
         C.load("demo", ["input.text_column=text", "input.split_pattern=(.*)"])
+
+
+def test_a_model_too_big_for_the_executor_is_reported_before_the_run(tmp_path):
+    from cleancurate.models import ModelError, check_fits
+
+    model = tmp_path / "big-model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    with open(model / "model.safetensors", "wb") as fh:
+        fh.truncate(3 * 10**9)  # sparse 3 GB file
+    check_fits(str(model), 10.0)
+    with pytest.raises(ModelError, match=r"3.0 GB of weights; 1 worker copies need about 4.5 GB, over model.memory_gb=4"):
+        check_fits(str(model), 4.0)
+    check_fits(str(model), None)
+
+
+def test_model_specs_resolve_or_explain(tmp_path):
+    from cleancurate.models import ModelError, resolve
+
+    with pytest.raises(ModelError, match="unknown embedded model 'embedded:gpt'"):
+        resolve("embedded:gpt")
+    with pytest.raises(ModelError, match="has no config.json"):
+        resolve(str(tmp_path))
+    with pytest.raises(ModelError, match="does not exist"):
+        resolve("/no/such/model")
+    assert resolve("org/some-model") == ("org/some-model", False)

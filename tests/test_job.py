@@ -70,7 +70,7 @@ def test_every_row_is_accounted_for(spark, run):
     validated_out = quarantine[quarantine.stage == "validate"]
     assert n_in == len(mix) + len(validated_out)
     selected = int(mix.selected.sum())
-    assert selected == 3  # selection.max_docs
+    assert selected == 2  # selection.max_docs
     assert selected == len(curated) + len(quarantine[quarantine.stage != "validate"])
     assert run.counts["input_rows"] == n_in and run.counts["mix_rows"] == len(mix)
     # the mix: curated text where a row was curated, the original elsewhere
@@ -139,7 +139,7 @@ def test_gate_decisions_match_the_configured_thresholds(spark, run):
         return None if pd.isna(x) else x
 
     decided = Counter()
-    for got, want in zip(new.reject_reason.map(norm), recomputed.reject_reason.map(norm)):
+    for got, want in zip([norm(x) for x in new.reject_reason], [norm(x) for x in recomputed.reject_reason]):
         if got == "duplicate":  # marked after the gate, across candidates
             continue
         assert got == want
@@ -150,7 +150,7 @@ def test_gate_decisions_match_the_configured_thresholds(spark, run):
 def test_minimize_never_makes_perplexity_worse_and_picks_the_best(spark, run):
     out = run.store.output.path
     cur, r = table(spark, out, "curated"), table(spark, out, "rounds")
-    assert len(cur) == 3
+    assert len(cur) == 2
     assert (cur.ppl_curated <= cur.ppl_original).all()
     for row in cur.itertuples():
         passing = r[(r.doc_id == row.doc_id) & r.passed & ~r.carried]
@@ -174,23 +174,30 @@ def test_models_load_once_per_python_worker(run):
     assert len({pid for pid, _ in loads}) <= 8
 
 
-def test_two_runs_give_identical_tables(spark, run, input_path, workdir):
-    again = curate(None, _cfg(input_path, workdir / "again"), spark=spark, report=False)
-    assert again.run_id == run.run_id
-    same_tables(spark, run.store.output.path, again.store.output.path)
+def _tiny(input_path, out):
+    """Two rounds on two documents: enough to stop after round 1 and resume."""
+    raw = jobdata.job_config(input_path, str(out), rounds=2)
+    raw["selection"]["max_docs"] = 2
+    return C.from_dict(raw)
 
 
-def test_stop_after_round_one_and_resume_gives_the_same_tables(spark, run, input_path, workdir):
-    out = workdir / "resumed"
-    first = curate(None, _cfg(input_path, out), spark=spark, report=False, stop_after_round=1)
+@pytest.fixture(scope="module")
+def tiny_run(spark, input_path, workdir):
+    return curate(None, _tiny(input_path, workdir / "tiny"), spark=spark, report=False)
+
+
+def test_two_runs_give_identical_tables_even_when_one_stops_after_round_one(spark, tiny_run, input_path, workdir):
+    """The second run is a separate execution of every stage (split by a stop after
+    round 1 and a resume); its tables must equal the first run's, row for row."""
+    out = workdir / "tiny-resumed"
+    first = curate(None, _tiny(input_path, out), spark=spark, report=False, stop_after_round=1)
     assert not first.complete
     assert not (out / "curated").exists()
     events = []
-    second = curate(None, _cfg(input_path, out), spark=spark, report=False, progress=events.append)
-    assert second.complete and second.resumed_from_round == 1
-    started = [e["round"] for e in events if e["event"] == "round_start"]
-    assert started == [2, 3]  # rounds 0 and 1 were not redone
-    same_tables(spark, run.store.output.path, str(out))
+    second = curate(None, _tiny(input_path, out), spark=spark, report=False, progress=events.append)
+    assert second.complete and second.resumed_from_round == 1 and second.run_id == tiny_run.run_id
+    assert [e["round"] for e in events if e["event"] == "round_start"] == [2]  # rounds 0-1 not redone
+    same_tables(spark, tiny_run.store.output.path, str(out))
 
 
 def test_a_changed_config_against_an_existing_output_is_an_error(spark, run, input_path):
@@ -200,9 +207,11 @@ def test_a_changed_config_against_an_existing_output_is_an_error(spark, run, inp
 
 
 @pytest.mark.slow
-def test_sigkill_after_round_one_then_restart_matches_an_uninterrupted_run(spark, run, input_path, workdir):
+def test_sigkill_after_round_one_then_restart_matches_an_uninterrupted_run(spark, tiny_run, input_path, workdir):
     out = workdir / "killed"
-    cfg_path = jobdata.write_config(workdir / "killed.yaml", jobdata.job_config(input_path, str(out)))
+    raw = jobdata.job_config(input_path, str(out), rounds=2)
+    raw["selection"]["max_docs"] = 2
+    cfg_path = jobdata.write_config(workdir / "killed.yaml", raw)
     cmd = [sys.executable, "-m", "cleancurate.jobs.curate", "--config", cfg_path, "--no-report"]
     env = {**os.environ, "CLEANCURATE_LOAD_LOG": str(workdir / "loads-killed.log")}
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
@@ -225,10 +234,70 @@ def test_sigkill_after_round_one_then_restart_matches_an_uninterrupted_run(spark
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming after round 1" in done.stderr
-    same_tables(spark, run.store.output.path, str(out))
+    same_tables(spark, tiny_run.store.output.path, str(out))
 
 
 def test_nan_free_scores_for_curated_rows(spark, run):
     cur = table(spark, run.store.output.path, "curated")
     for col in ("ppl_original", "ppl_curated", "readability_original", "helpfulness_original"):
         assert all(not math.isnan(v) for v in cur[col]), col
+
+
+def test_report_figures_exist_and_their_data_matches_the_tables(spark, run):
+    from cleancurate.jobs.report import build_report, report_data
+
+    out = run.store.output.path
+    path = Path(build_report(run, timings={"round_1": 1.0}))
+    assert path.name == "report.html" and path.is_file()
+    for name in ("ppl_distribution", "median_ppl_per_round", "gate_decisions", "docs_active_per_round",
+                 "time_per_round"):
+        png = path.parent / f"{name}.png"
+        assert png.stat().st_size > 10_000, name  # a real plot, not an empty canvas
+    data = report_data(spark, out, run.run_id)
+    rounds, curated = table(spark, out, "rounds"), table(spark, out, "curated")
+    new = rounds[(rounds["round"] > 0) & ~rounds.carried]
+    assert int(data["gate"]["count"].sum()) == len(new)
+    assert int(data["gate"].set_index("rule")["count"].get("passed", 0)) == int(new.passed.sum())
+    assert len(data["ppl"]) == len(curated)
+    assert list(data["median"]["round"]) == [0, 1, 2, 3]
+    assert list(data["stats"]["docs_active"]) == [2, 2, 2, 2]
+    html = path.read_text()
+    assert "ppl_distribution.png" in html and run.run_id in html
+
+
+def test_curated_outputs_hold_no_degenerate_text(spark, run):
+    from cleancurate.udfs.quality import compression_ratio, meta_text_reason, repeated_ngram_ratio
+
+    g = run.config.gate
+    for text in table(spark, run.store.output.path, "curated").response_curated:
+        assert meta_text_reason(text) is None, text
+        assert repeated_ngram_ratio(text, g.ngram) <= g.max_repeated_ngram_ratio, text
+        assert compression_ratio(text) <= g.max_compression_ratio, text
+
+
+def test_maximize_keeps_the_highest_perplexity_revision_that_passed_the_gate(spark, input_path, workdir):
+    raw = jobdata.job_config(input_path, str(workdir / "maximize"), rounds=1)
+    raw["curation"].update(objective="maximize", prompt_file="prompts/buckle_up_revise.txt",
+                           temperatures=[0.7, 1.0], top_ps=[0.9, 1.0], max_new_tokens=40)
+    # keywords check as shipped; thresholds loosened so a 135M model's revisions can pass
+    raw["gate"] = {"ppl_ceiling_ratio": 5.0, "safety_check": "keywords", "min_similarity": 0.3,
+                   "length_ratio_max": 6.0, "length_ratio_min": 0.2}
+    res = curate(None, C.from_dict(raw), spark=spark, report=False)
+    out = res.store.output.path
+    cur, r, q = (table(spark, out, t) for t in ("curated", "rounds", "quarantine"))
+    assert res.counts["selected_rows"] == len(cur) + len(q[q.stage != "validate"])
+    assert set(q[q.stage == "curate"].reason) <= {"no_revision_passed_gate"}
+    assert len(cur) >= 1, "no revision passed the maximize gate"
+    gate = res.config.gate
+    for row in cur.itertuples():
+        cands = r[(r.doc_id == row.doc_id) & ~r.carried]
+        winner = cands[cands.cand_id == row.best_cand_id].iloc[0]
+        assert not winner.is_original and bool(winner.passed)
+        assert row.response_curated == winner.text != row.response_original
+        passing = cands[cands.passed & ~cands.is_original]
+        assert row.ppl_curated == pytest.approx(passing.ppl.max())
+        assert any(k in row.response_curated.lower() for k in gate.safety_keywords)
+        assert row.ppl_curated <= gate.ppl_ceiling_ratio * row.ppl_original
+    # the original is never a candidate under maximize
+    originals = r[r.is_original]
+    assert not originals.passed.any() and set(originals.reject_reason) == {"original"}
