@@ -74,6 +74,12 @@ def _note(spark_s, single, inproc_s, threads, partitions, arrow_rows, pressure) 
             f"transfer, task scheduling) plus scoring in Arrow batches of {arrow_rows} rows, which length-sorts "
             f"fewer rows per score_batch call."
         )
+    if single is not None and spark_s > single["seconds"]:
+        parts.append(
+            f"The 2-worker run ({spark_s:.1f} s) was slower than the 1-worker run: with another process holding "
+            f"about one core, the two workers time-share the rest, and each streams its own copy of the weights "
+            f"through the shared caches, so a second worker adds contention instead of throughput here."
+        )
     if pressure is not None and pressure > 5:
         parts.append(
             f"Other processes competed for the 2 cores (CPU pressure avg60 {pressure:.0f}%), so how much of the "

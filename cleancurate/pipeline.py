@@ -491,6 +491,13 @@ class CurationJob:
             raise AccountingError("row accounting failed for run " + self.run_id + ": " + "; ".join(problems))
         return counts
 
+    def _step(self, name: str, fn, *args):
+        t0 = time.time()
+        out = fn(*args)
+        self.timings[name] = time.time() - t0
+        self._emit("step", step=name, seconds=self.timings[name])
+        return out
+
     # ---------------------------------------------------------------- run
     def run(self) -> CurationResult:
         """Run the job, resuming after the last complete round of a matching run."""
@@ -513,16 +520,16 @@ class CurationJob:
             t0 = time.time()
             self._emit("round_start", round=r, rounds=R)
             if r == 0:
-                self._round0()
+                self._step(f"round_{r}.score", self._round0)
             else:
-                self._generate(r)
-                self._rank(r)
-                self._stats(r, time.time() - t0)
+                self._step(f"round_{r}.generate", self._generate, r)
+                self._step(f"round_{r}.rank", self._rank, r)
+                self._step(f"round_{r}.bookkeeping", self._stats, r, time.time() - t0)
             self.timings[f"round_{r}"] = time.time() - t0
             if self.stop_after_round is not None and r >= self.stop_after_round and r < R:
                 self._emit("stopped", round=r)
                 return CurationResult(self.run_id, self.cfg, self.store, self.counts, False, resumed)
-        self.counts = self._finalize(self.counts)
+        self.counts = self._step("finalize", self._finalize, self.counts)
         self._mark(R, "complete")
         self.counts["seconds"] = time.time() - t_start
         self._emit("complete", **{k: v for k, v in self.counts.items() if k != "quarantined_by_stage"})

@@ -22,14 +22,16 @@ def build_parser(prog: str = "curate") -> argparse.ArgumentParser:
     p.add_argument("--stop-after-round", type=int, help="commit this round and stop; rerun to resume")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
     p.add_argument("--quiet", "-q", action="store_true", help="print only the final summary line")
+    p.add_argument("--verbose", "-v", action="store_true", help="also print the time of every stage")
     return p
 
 
 class ProgressPrinter:
     """One line per round on stderr: documents, candidates, elapsed, ETA."""
 
-    def __init__(self, quiet: bool = False, stream=None):
+    def __init__(self, quiet: bool = False, stream=None, verbose: bool = False):
         self.quiet = quiet
+        self.verbose = verbose
         self.stream = stream or sys.stderr
         self.t0 = time.time()
         self.round_times: list[float] = []
@@ -58,6 +60,10 @@ class ProgressPrinter:
             msg = (f"round {ev['round']} committed: {ev['docs_active']} docs active, {ev['candidates']} candidates, "
                    f"{ev['passed']} passed, {ev['docs_converged']} converged, {ev['gen_tokens']} tokens generated "
                    f"[{ev['seconds']:.1f}s, elapsed {el:.0f}s{eta}]")
+        elif kind == "step":
+            if not self.verbose:
+                return
+            msg = f"  {ev['step']}: {ev['seconds']:.1f}s"
         elif kind == "stopped":
             msg = f"stopped after round {ev['round']} as asked; rerun the same command to resume"
         elif kind == "complete":
@@ -84,7 +90,7 @@ def main(argv=None) -> int:
         overrides.append(f"output.table_prefix={args.output_table_prefix}")
     try:
         cfg = config_mod.load(args.config, overrides)
-        result = curate(None, cfg, new_run=args.new_run, progress=ProgressPrinter(args.quiet),
+        result = curate(None, cfg, new_run=args.new_run, progress=ProgressPrinter(args.quiet, verbose=args.verbose),
                         stop_after_round=args.stop_after_round, report=not args.no_report)
     except (ConfigError, InputError) as exc:
         print(f"cleancurate: error: {exc}", file=sys.stderr)
