@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.scoring
 	$(BIN)/python -m bench.batching
 	$(BIN)/python -m bench.generation
+	$(BIN)/python -m bench.memory
 
 wheel: $(STAMP)
 	$(UV) build --wheel --out-dir dist .

@@ -110,6 +110,10 @@ def embedded_lm_dir() -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=dest.parent))
         try:
             _dequantize_gguf(gguf_path(), tmp)
+            # mkdtemp makes the folder private; a shared cache must be readable by every worker user
+            os.chmod(tmp, 0o755)
+            for f in tmp.iterdir():
+                os.chmod(f, 0o644)
             if dest.exists():
                 shutil.rmtree(dest)
             os.replace(tmp, dest)

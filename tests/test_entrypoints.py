@@ -41,8 +41,11 @@ def test_spark_submit_runs_the_job_and_writes_the_tables(spark, tmp_path):
     src = jobdata.write_parquet(spark, str(tmp_path / "in.parquet"))
     out = tmp_path / "out"
     cmd = [str(BIN / "spark-submit"), "--master", "local[2]", "--packages", delta_maven_coordinate(),
+           "--driver-memory", "2g", "--conf", "spark.sql.shuffle.partitions=2",
+           "--conf", "spark.databricks.delta.snapshotPartitions=2", "--conf", "spark.ui.enabled=false",
            "jobs/curate.py", "--config", "demo", "--input", src, "--output", str(out),
-           "--set", "input.duplicate_ids=drop", *sum((["--set", s] for s in TINY), [])]
+           "--set", "input.duplicate_ids=drop", "--set", "selection.fraction=1.0",
+           *sum((["--set", s] for s in TINY), [])]
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
