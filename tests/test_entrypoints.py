@@ -13,7 +13,6 @@ import jobdata
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-pytestmark = [pytest.mark.spark, pytest.mark.model, pytest.mark.slow]
 
 TINY = ["selection.max_docs=2", "curation.rounds=1", "curation.max_new_tokens=10",
         "curation.temperatures=[0.7]", "curation.top_ps=[0.9]"]
@@ -35,6 +34,9 @@ def test_cli_errors_name_the_problem(tmp_path):
     assert "curation.rounds must be >= 1" in bad.stderr
 
 
+@pytest.mark.spark
+@pytest.mark.model
+@pytest.mark.slow
 def test_spark_submit_runs_the_job_and_writes_the_tables(spark, tmp_path):
     from cleancurate.session import delta_maven_coordinate
 
@@ -57,6 +59,9 @@ def test_spark_submit_runs_the_job_and_writes_the_tables(spark, tmp_path):
     assert (out / "report" / "report.html").is_file()
 
 
+@pytest.mark.spark
+@pytest.mark.model
+@pytest.mark.slow
 def test_notebook_runs_headless_and_shows_the_report(tmp_path):
     import nbformat
     from nbclient import NotebookClient
