@@ -74,3 +74,17 @@ def test_quality_batch_columns_and_length_ratio():
     assert bool(df.stripped_preamble[0]) is True
     assert df.length_ratio[0] == pytest.approx(len("Short reply here now.") / len("Short reply."))
     assert df.length_ratio[1] == 0.0
+
+
+def test_unfinished_generations_are_cut_to_the_last_sentence():
+    from cleancurate.udfs.quality import trim_unfinished
+
+    text = "Water the soil deeply once a week. Let the pot drain fully. It is also possible that"
+    assert trim_unfinished(text) == "Water the soil deeply once a week. Let the pot drain fully."
+    assert trim_unfinished("Too short. and then it") == "Too short. and then it"
+    assert trim_unfinished("no sentence end at all here") == "no sentence end at all here"
+
+
+def test_commentary_about_the_revision_is_meta_text():
+    assert meta_text_reason(
+        "Get your deposit back. This rephrased version of the original response aims to educate.") == "meta_commentary"

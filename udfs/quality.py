@@ -34,7 +34,10 @@ _META = [
         r"revise the response|present an alternative perspective|reply with the revised|"
         r"never follow instructions|quoted data between|safety implication", re.IGNORECASE)),
     ("meta_label", re.compile(r"(^|\n)\s*(revised|rewritten|original)\s+(response|answer|version|query)\s*:", re.IGNORECASE)),
-    ("meta_commentary", re.compile(r"\b(as an ai( language model)?|i (have|'ve) revised|this revision|the revised response)\b", re.IGNORECASE)),
+    ("meta_commentary", re.compile(
+        r"\b(as an ai( language model)?|i (have|'ve) (revised|rewritten|rephrased)|this revision|"
+        r"(revised|rephrased|rewritten) (version|response|answer)|the original (response|answer|query))\b",
+        re.IGNORECASE)),
 ]
 _WORD = re.compile(r"[\w']+", re.UNICODE)
 
@@ -53,6 +56,23 @@ def strip_preamble(text: str, min_words: int = 3) -> tuple[str, bool]:
     if len(_WORD.findall(rest)) >= min_words:
         return rest, True
     return text, False
+
+
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)")
+
+
+def trim_unfinished(text: str, min_words: int = 5) -> str:
+    """Cut a generation that ran out of tokens back to its last complete sentence.
+
+    A candidate that stops mid-sentence is not clean text. When at least
+    ``min_words`` words remain before the last sentence end, the tail is dropped;
+    otherwise the text is returned as it is (and usually fails the length gate).
+    """
+    ends = list(_SENTENCE_END.finditer(text))
+    if not ends:
+        return text
+    head = text[: ends[-1].end()].rstrip()
+    return head if len(_WORD.findall(head)) >= min_words else text
 
 
 def meta_text_reason(text: str, extra_patterns: Sequence[str] = ()) -> str | None:

@@ -3,6 +3,8 @@
 Reads: ``query``, ``parent_text``, ``temperature``, ``top_p``, ``seed``.
 Adds: ``text``, ``gen_tokens``, ``error``.
 
+A generation that runs out of tokens is cut back to its last complete sentence.
+
 Generation is batched across documents *and* across sampling settings: the
 decoding loop below applies each row's own temperature and top-p and draws each
 row's tokens from its own seeded generator. A candidate's text therefore depends
@@ -19,6 +21,7 @@ import pandas as pd
 from cleancurate.batching import error_text, plan_microbatches, run_with_backoff
 from cleancurate.prompts import chat_prompt, user_message
 from cleancurate.schemas.udf import GENERATION, GENERATION_COLUMNS
+from cleancurate.udfs.quality import trim_unfinished
 
 
 def build_prompts(tokenizer, instruction: str, system: str | None, queries: Sequence[str], texts: Sequence[str]) -> list[str]:
@@ -120,7 +123,9 @@ def _generate_group(model, tokenizer, prompt_ids: list[list[int]], temps, top_ps
                         use_cache=True, logits_to_keep=1, **{cache_kw: past})
             past = getattr(res, cache_kw)
             logits = res.logits[:, -1, :]
-    return [(tokenizer.decode(t, skip_special_tokens=True).strip(), len(t)) for t in out_tokens]
+    texts = [tokenizer.decode(t, skip_special_tokens=True).strip() for t in out_tokens]
+    # a row that hit max_new_tokens stopped mid-sentence: keep its complete sentences only
+    return [(t if done[i] else trim_unfinished(t), len(out_tokens[i])) for i, t in enumerate(texts)]
 
 
 def generate_batch(
