@@ -251,7 +251,13 @@ def find_profile(name_or_path: str) -> Path:
 
 
 def _parse_scalar(text: str) -> Any:
-    return yaml.safe_load(text) if text != "" else ""
+    """A YAML scalar or list (``3``, ``true``, ``[0.2, 0.4]``); text that is not YAML stays a string."""
+    if text == "":
+        return ""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
 def _apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any]) -> None:

@@ -76,8 +76,9 @@ def _as_text(df, col: str):
     from pyspark.sql import functions as F
 
     if _type_name(df, col) == "binary":
-        # invalid UTF-8 decodes to U+FFFD, which the undecodable rule catches
-        return F.decode(F.col(col), "UTF-8")
+        # invalid UTF-8 becomes U+FFFD (decode() would fail the whole job), which the
+        # undecodable rule then quarantines
+        return F.expr(f"make_valid_utf8(cast(`{col}` as string))")
     return F.col(col)
 
 
