@@ -79,6 +79,12 @@ def _plots(data: dict, folder: Path) -> dict[str, str]:
         ax.hist(ppl.ppl_original, bins=bins, alpha=0.6, label="original")
         ax.hist(ppl.ppl_curated, bins=bins, alpha=0.6, label="curated")
         ax.set_xscale("log")
+        from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor log labels overlap
     ax.set_xlabel("perplexity (response | query)")
     ax.set_ylabel("documents")
     ax.set_title("Perplexity before and after curation")
