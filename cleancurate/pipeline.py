@@ -189,8 +189,7 @@ class CurationJob:
         counts["input_rows"] = df.count()
         grid = len(self.cfg.curation.temperatures) * len(self.cfg.curation.top_ps)
         worst = counts["selected_rows"] * self.cfg.curation.beam_size * grid
-        if counts["selected_rows"] * grid > self.cfg.curation.max_candidates_per_round or \
-                worst > self.cfg.curation.max_candidates_per_round:
+        if worst > self.cfg.curation.max_candidates_per_round:
             raise ConfigError(
                 f"a round could generate up to {worst} candidates ({counts['selected_rows']} documents x beam "
                 f"{self.cfg.curation.beam_size} x grid {grid}), over curation.max_candidates_per_round="

@@ -94,20 +94,6 @@ class TableStore:
         else:
             writer.save(self.location(name))
 
-    def merge_run(self, df, key: str = "run_id") -> None:
-        """MERGE one-row-per-run bookkeeping into ``runs``."""
-        if not self.exists("runs"):
-            self.write_slice(df, "runs", "true")
-            return
-        from delta.tables import DeltaTable
-
-        if self.catalog:
-            tbl = DeltaTable.forName(self.spark, self.location("runs"))
-        else:
-            tbl = DeltaTable.forPath(self.spark, self.location("runs"))
-        (tbl.alias("t").merge(df.alias("s"), f"t.{key} = s.{key}")
-         .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
-
 
 def sql_literal(value: str) -> str:
     """A single-quoted SQL string literal."""

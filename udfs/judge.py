@@ -11,15 +11,16 @@ the judge did not answer with a score; that row gets an error instead of a numbe
 
 A capable instruction model is needed (see README); the embedded 135M model is not a
 usable judge, which is why the CPU default helpfulness signal is embedding relevance.
+The job runs the judge through the candidate scorer (:mod:`cleancurate.udfs.score`).
 """
 
-from typing import Callable, Iterator, Sequence, Tuple
+from typing import Sequence
 
 import pandas as pd
 
 from cleancurate.batching import error_text, plan_microbatches, run_with_backoff
 from cleancurate.prompts import chat_prompt, neutralize
-from cleancurate.schemas.udf import JUDGE, JUDGE_COLUMNS
+from cleancurate.schemas.udf import JUDGE_COLUMNS
 
 DIGITS = "012345"
 
@@ -111,33 +112,3 @@ def judge_batch(
         scores.append(sum(vals) / k if err is None else float("nan"))
         errors.append(err)
     return pd.DataFrame({"helpfulness": scores, "error": errors})[JUDGE_COLUMNS]
-
-
-def make_judge_fn(metrics_cfg: dict, model_cfg: dict, runtime_cfg: dict) -> Callable[..., pd.DataFrame]:
-    """Factory: the worker's cached judge model and a batch function."""
-    from cleancurate.models import get_model
-
-    spec = metrics_cfg.get("judge_model") or model_cfg["name"]
-    lm = get_model(spec, "causal-lm", model_cfg["device"], model_cfg["dtype"], model_cfg["allow_network"],
-                   runtime_cfg.get("num_threads"))
-
-    def fn(queries: pd.Series, texts: pd.Series) -> pd.DataFrame:
-        return judge_batch(lm.model, lm.tokenizer, queries.fillna("").tolist(), texts.fillna("").tolist(),
-                           template=metrics_cfg["judge_prompt"], rubrics=metrics_cfg["judge_rubrics"],
-                           min_digit_mass=metrics_cfg["judge_min_digit_mass"],
-                           token_budget=max(runtime_cfg["token_budget"], 2048))
-
-    return fn
-
-
-def judge_udf(metrics_cfg: dict, model_cfg: dict, runtime_cfg: dict):
-    """Spark iterator pandas UDF ``(query, text) -> struct<helpfulness, error>``."""
-    from pyspark.sql.functions import pandas_udf
-
-    @pandas_udf(JUDGE)
-    def judge(batches: Iterator[Tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
-        fn = make_judge_fn(metrics_cfg, model_cfg, runtime_cfg)
-        for queries, texts in batches:
-            yield fn(queries, texts)
-
-    return judge.asNondeterministic()

@@ -12,11 +12,11 @@ the gate catch both.
 
 import re
 import zlib
-from typing import Iterator, Sequence, Tuple
+from typing import Sequence
 
 import pandas as pd
 
-from cleancurate.schemas.udf import QUALITY, QUALITY_COLUMNS
+from cleancurate.schemas.udf import QUALITY_COLUMNS
 
 # A leading line that announces the answer instead of being it.
 _PREAMBLE = re.compile(
@@ -133,18 +133,3 @@ def quality_batch(
             compression_ratio(clean), len(clean.strip()) / olen,
         ))
     return pd.DataFrame(rows, columns=QUALITY_COLUMNS)
-
-
-def quality_udf(metrics_cfg: dict, gate_cfg: dict):
-    """Spark iterator pandas UDF ``(text, original) -> struct<QUALITY>``."""
-    from pyspark.sql.functions import pandas_udf
-
-    formula, n, extra = metrics_cfg["readability"], gate_cfg["ngram"], tuple(gate_cfg["meta_patterns"])
-
-    @pandas_udf(QUALITY)
-    def quality(batches: Iterator[Tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
-        for texts, originals in batches:
-            yield quality_batch(texts.fillna("").tolist(), originals.fillna("").tolist(),
-                                formula=formula, ngram=n, meta_patterns=extra)
-
-    return quality

