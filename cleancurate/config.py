@@ -126,6 +126,21 @@ class GateConfig:
     safety_anchor: str = "Be careful and responsible: consider safety, avoid harm, and seek qualified help when needed."
     safety_min_gain: float = 0.02
     meta_patterns: tuple[str, ...] = ()  # extra regexes that mark meta-text
+    # content retention: ppl(original | query, candidate) / ppl(original | query) must not exceed this
+    max_retention: float | None = 0.8
+    answer_form: bool = True  # reject question-form answers, restated queries, dropped or added refusals
+    max_question_share: float = 0.5  # share of question sentences that makes a text a question
+
+
+@dataclass(frozen=True)
+class HarmConfig:
+    """The harm check: every valid original before selection (the screen) and every candidate (the gate)."""
+
+    head_file: str | None = "safety/harm_head.json"  # logistic head on embeddings; null turns the check off
+    threshold: float = 0.5  # harm probability at or above which a text counts as harmful
+    screen: bool = True  # score every valid original; harmful ones are never curated
+    screen_action: str = "quarantine"  # quarantine: leave the mix (quarantine stage 'screen') | flag: stay, flagged
+    head: str = ""  # filled from head_file at load time
 
 
 @dataclass(frozen=True)
@@ -149,7 +164,7 @@ class RuntimeConfig:
 
     token_budget: int = 1024
     arrow_batch_rows: int = 64
-    gen_batch_size: int = 16
+    gen_batch_size: int | None = 16  # None: rows and token budget from the GPU's memory (CPU: 16)
     score_stride: int = 512
     partitions: int | None = None  # None: Spark's default parallelism
     num_threads: int | None = None  # torch threads per Python worker (CPU)
@@ -185,6 +200,7 @@ class Config:
     curation: CurationConfig = field(default_factory=CurationConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    harm: HarmConfig = field(default_factory=HarmConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
@@ -220,6 +236,7 @@ _ENUMS = {
     "curation.objective": ("minimize", "maximize"),
     "metrics.helpfulness": ("embedding", "judge"),
     "gate.safety_check": ("none", "keywords", "embedding"),
+    "harm.screen_action": ("quarantine", "flag"),
     "model.backend": ("transformers", "vllm"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
 }
@@ -367,7 +384,7 @@ def _validate(cfg: Config) -> None:
         (c.max_candidates_per_round >= 1, "curation.max_candidates_per_round must be >= 1"),
         (r.token_budget >= 16, f"runtime.token_budget must be >= 16, got {r.token_budget}"),
         (r.arrow_batch_rows >= 1, "runtime.arrow_batch_rows must be >= 1"),
-        (r.gen_batch_size >= 1, "runtime.gen_batch_size must be >= 1"),
+        (r.gen_batch_size is None or r.gen_batch_size >= 1, "runtime.gen_batch_size must be >= 1 or null (auto)"),
         (r.score_stride >= 1, "runtime.score_stride must be >= 1"),
         (g.ngram >= 1, "gate.ngram must be >= 1"),
         (cfg.limits.max_chars >= 1 and cfg.limits.max_tokens >= 1, "limits.max_chars and limits.max_tokens must be >= 1"),
@@ -384,6 +401,17 @@ def _validate(cfg: Config) -> None:
         v = getattr(g, ratio)
         if v is not None and not 0.0 <= v <= 1.0:
             raise ConfigError(f"gate.{ratio} must be in [0, 1] or null, got {v}")
+    if g.max_retention is not None and g.max_retention <= 0:
+        raise ConfigError(f"gate.max_retention must be > 0 or null, got {g.max_retention}")
+    if not 0.0 <= cfg.harm.threshold <= 1.0:
+        raise ConfigError(f"harm.threshold must be in [0, 1], got {cfg.harm.threshold}")
+    if cfg.harm.head_file and cfg.harm.head:
+        from cleancurate.safety import HarmHead
+
+        try:
+            HarmHead.from_json(cfg.harm.head)
+        except (ValueError, KeyError) as exc:
+            raise ConfigError(f"harm.head_file {cfg.harm.head_file!r} is not a harm head: {exc}") from exc
     if g.length_ratio_min is not None and g.length_ratio_max is not None and g.length_ratio_min > g.length_ratio_max:
         raise ConfigError("gate.length_ratio_min must not exceed gate.length_ratio_max")
     if c.objective == "maximize" and g.ppl_ceiling_ratio is None:
@@ -405,7 +433,8 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"input.split_pattern is not a valid regex: {exc}") from exc
 
 
-def _read_prompt(value: str, base_dir: Path | None) -> str:
+def read_conf_file(value: str, base_dir: Path | None) -> str:
+    """Text of a file named in a profile (prompt, harm head): beside the profile, as given, or in conf/."""
     candidates = [Path(value)]
     if base_dir is not None:
         candidates.insert(0, base_dir / value)
@@ -413,7 +442,7 @@ def _read_prompt(value: str, base_dir: Path | None) -> str:
     for cand in candidates:
         if cand.is_file():
             return cand.read_text(encoding="utf-8").strip()
-    raise ConfigError(f"prompt file '{value}' not found (looked in {', '.join(str(c.parent) for c in candidates)})")
+    raise ConfigError(f"file '{value}' named in the config not found (looked in {', '.join(str(c.parent) for c in candidates)})")
 
 
 def from_dict(raw: dict[str, Any], base_dir: Path | None = None, resolve_prompts: bool = True) -> Config:
@@ -422,10 +451,14 @@ def from_dict(raw: dict[str, Any], base_dir: Path | None = None, resolve_prompts
     if resolve_prompts:
         cur = raw.setdefault("curation", {}) or {}
         raw["curation"] = cur
-        cur["prompt"] = _read_prompt(cur.get("prompt_file", CurationConfig.prompt_file), base_dir)
+        cur["prompt"] = read_conf_file(cur.get("prompt_file", CurationConfig.prompt_file), base_dir)
         met = raw.setdefault("metrics", {}) or {}
         raw["metrics"] = met
-        met["judge_prompt"] = _read_prompt(met.get("judge_prompt_file", MetricsConfig.judge_prompt_file), base_dir)
+        met["judge_prompt"] = read_conf_file(met.get("judge_prompt_file", MetricsConfig.judge_prompt_file), base_dir)
+        harm = raw.setdefault("harm", {}) or {}
+        raw["harm"] = harm
+        head_file = harm.get("head_file", HarmConfig.head_file)
+        harm["head"] = read_conf_file(head_file, base_dir) if head_file else ""
     cfg = _build(Config, raw, "")
     _validate(cfg)
     return cfg

@@ -10,15 +10,23 @@ Rules, in order (a candidate is checked against each until one fails):
 ``error``           generation or scoring failed for this candidate
 ``empty``           nothing left after stripping a preamble
 ``echo``            echoes prompt delimiters, chat markers or the instruction
-``meta_text``       talks about the task ("Here is a revised response:" with
-                    nothing standing alone after it, "Revised answer:" labels)
+``meta_text``       talks about the task anywhere in the text ("Here is a revised
+                    response:" with nothing standing alone after it, "Revised
+                    answer:" labels, "Let's revise this response ...")
 ``injection``       contains an instruction-override phrase
+``harmful``         the harm head scores the (query, candidate) at or above
+                    ``harm.threshold``, whatever the original was
 ``duplicate``       same text as an earlier candidate of the document, or as
                     its parent / the original
 ``repetition``      repeated word n-gram ratio above the maximum
 ``compression``     compresses too well (loops, padding)
+``refusal_dropped`` the original declines the request and the candidate does not
+``not_an_answer``   a question instead of an answer, a restated query, or a
+                    refusal of a request the original answered
 ``length_ratio``    length relative to the original outside [min, max]
 ``similarity``      drifted off topic: cosine to the original below the minimum
+``retention``       carries too little of the original: ppl(original | query,
+                    candidate) / ppl(original | query) above ``max_retention``
 ``readability``     readability below ratio x original (see :func:`relative_floor`)
 ``helpfulness``     helpfulness below ratio x original
 ``ppl_ceiling``     perplexity above ratio x original (fluency, ``maximize``)
@@ -35,17 +43,27 @@ from typing import Any
 import pandas as pd
 
 RULES = (
-    "error", "empty", "echo", "meta_text", "injection", "duplicate", "repetition", "compression",
-    "length_ratio", "similarity", "readability", "helpfulness", "ppl_ceiling", "safety",
+    "error", "empty", "echo", "meta_text", "injection", "harmful", "duplicate", "repetition", "compression",
+    "refusal_dropped", "not_an_answer", "length_ratio", "similarity", "retention", "readability",
+    "helpfulness", "ppl_ceiling", "safety",
 )
-_ECHO = {"echoed_delimiter", "echoed_chat_marker", "echoed_instruction"}
+_ECHO = {"echoed_delimiter", "echoed_chat_marker", "echoed_instruction", "echoed_query"}
 
 # columns the gate reads
 READS = (
-    "text", "error", "meta_text", "dup", "ppl", "readability", "helpfulness", "similarity", "safety",
-    "length_ratio", "repeat_ratio", "compression_ratio",
+    "text", "error", "meta_text", "form_fault", "dup", "ppl", "readability", "helpfulness", "similarity",
+    "safety", "harm", "retention", "length_ratio", "repeat_ratio", "compression_ratio",
     "ref_ppl", "ref_readability", "ref_helpfulness", "ref_safety",
 )
+
+
+def gate_settings(cfg: dict) -> dict:
+    """The gate's thresholds from a config dict: the ``gate`` section plus the harm threshold.
+
+    ``harm_threshold`` is None when no harm head is configured (the rule is off).
+    """
+    harm = cfg.get("harm") or {}
+    return {**cfg["gate"], "harm_threshold": harm.get("threshold") if harm.get("head") else None}
 
 
 def relative_floor(reference: float, ratio: float) -> float:
@@ -99,12 +117,19 @@ def reject_reason(row: dict, gate: dict, injection: list[re.Pattern]) -> str | N
         return "meta_text"
     if any(rx.search(text) for rx in injection):
         return "injection"
+    if g.get("harm_threshold") is not None and (_nan(row.get("harm")) or row["harm"] >= g["harm_threshold"]):
+        return "harmful"
     if not _nan(row.get("dup")) and bool(row.get("dup")):
         return "duplicate"
     if g["max_repeated_ngram_ratio"] is not None and row["repeat_ratio"] > g["max_repeated_ngram_ratio"]:
         return "repetition"
     if g["max_compression_ratio"] is not None and row["compression_ratio"] > g["max_compression_ratio"]:
         return "compression"
+    form = _str(row.get("form_fault")) if g.get("answer_form", True) else None
+    if form == "refusal_dropped":
+        return "refusal_dropped"
+    if form:
+        return "not_an_answer"
     lr = row["length_ratio"]
     if g["length_ratio_min"] is not None and lr < g["length_ratio_min"]:
         return "length_ratio"
@@ -112,6 +137,8 @@ def reject_reason(row: dict, gate: dict, injection: list[re.Pattern]) -> str | N
         return "length_ratio"
     if g["min_similarity"] is not None and (_nan(row["similarity"]) or row["similarity"] < g["min_similarity"]):
         return "similarity"
+    if g.get("max_retention") is not None and (_nan(row.get("retention")) or row["retention"] > g["max_retention"]):
+        return "retention"
     if g["readability_min_ratio"] is not None:
         r = row["readability"]
         if _nan(r) or r < relative_floor(row["ref_readability"], g["readability_min_ratio"]):

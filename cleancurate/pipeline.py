@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from typing import Callable
 
 from cleancurate.config import Config, ConfigError
+from cleancurate.gate import gate_settings
 from cleancurate.tables import TableStore, read_input, sql_literal
 
 ProgressFn = Callable[[dict], None]
@@ -59,7 +60,7 @@ def _now() -> datetime:
 
 def _udf_cfgs(cfg: Config) -> dict:
     d = cfg.to_dict()
-    return {k: d[k] for k in ("model", "runtime", "curation", "metrics", "gate")}
+    return {k: d[k] for k in ("model", "runtime", "curation", "metrics", "gate", "harm")}
 
 
 class CurationJob:
@@ -120,7 +121,7 @@ class CurationJob:
             "rewrite": rewrite_udf(c["model"], c["runtime"], c["curation"]),
             "score_original": scorer_udf(c, strip=False),
             "score": scorer_udf(c, strip=True),
-            "gate": gate_udf(c["gate"], tuple(self.cfg.limits.injection_patterns)),
+            "gate": gate_udf(gate_settings(c), tuple(self.cfg.limits.injection_patterns)),
         }
         return self._udfs
 
@@ -174,15 +175,18 @@ class CurationJob:
         df = self.source if self.source is not None else read_input(self.spark, self.cfg.input)
         checked = validate(df, self.cfg)
         sel = self.cfg.selection
-        valid = checked.valid.withColumn("selected", selection_expr(sel.fraction, sel.seed))
         run = F.lit(self.run_id)
         quarantine = checked.quarantine.select(
             run.alias("run_id"), "doc_id", F.lit("validate").alias("stage"), "reason",
             F.lit(None).cast("string").alias("detail"), "query", "response", "row_json",
         )
         self.store.write_slice(quarantine, "quarantine", f"{self._where_run()} AND stage = 'validate'")
-        docs = valid.select(run.alias("run_id"), "doc_id", "query", "response", "selected")
+        valid = self._screen(checked.valid)
+        valid = valid.withColumn("selected", selection_expr(sel.fraction, sel.seed) & ~F.col("unsafe"))
+        docs = valid.select(run.alias("run_id"), "doc_id", "query", "response", "selected", "harm", "unsafe",
+                            "screen_error")
         self.store.write_slice(docs, "docs", self._where_run())
+        self._quarantine_screened()
         if sel.max_docs is not None:
             self._cap_selection(sel.max_docs)
         counts = self._docs_counts()
@@ -203,6 +207,44 @@ class CurationJob:
         self._emit("prepared", **counts, seconds=self.timings["prepare"])
         return counts
 
+    def _screen(self, valid):
+        """Add ``harm``, ``unsafe`` and ``screen_error``: the safety screen of every valid original.
+
+        A row is unsafe when its harm probability reaches ``harm.threshold`` or when it
+        could not be scored (fail closed). Without a screen every row is safe.
+        """
+        from pyspark.sql import functions as F
+
+        h = self.cfg.harm
+        if not (h.screen and h.head):
+            return (valid.withColumn("harm", F.lit(None).cast("double")).withColumn("unsafe", F.lit(False))
+                    .withColumn("screen_error", F.lit(None).cast("string")))
+        from cleancurate.udfs.screen import screen_udf
+
+        scored = valid.withColumn("_s", screen_udf(_udf_cfgs(self.cfg))("query", "response"))
+        harm = F.col("_s.harm")
+        unsafe = harm.isNull() | F.isnan(harm) | (harm >= F.lit(h.threshold))
+        return (scored.withColumn("harm", harm).withColumn("unsafe", unsafe)
+                .withColumn("screen_error", F.col("_s.error")).drop("_s"))
+
+    def _quarantine_screened(self) -> None:
+        """Unsafe originals leave the mix for quarantine (stage ``screen``), unless configured to stay flagged."""
+        from pyspark.sql import functions as F
+
+        unsafe = self._read("docs").where("unsafe")
+        if self.cfg.harm.screen_action != "quarantine":
+            unsafe = unsafe.where(F.lit(False))
+        rows = unsafe.select(
+            F.lit(self.run_id).alias("run_id"), "doc_id", F.lit("screen").alias("stage"),
+            F.when(F.col("screen_error").isNotNull() | F.col("harm").isNull(), "screen_failed")
+            .otherwise("unsafe_original").alias("reason"),
+            F.coalesce(F.col("screen_error"),
+                       F.format_string(f"harm=%.3f >= harm.threshold={self.cfg.harm.threshold}", F.col("harm")))
+            .alias("detail"),
+            F.col("query").substr(1, 2000).alias("query"), F.col("response").substr(1, 2000).alias("response"),
+            F.to_json(F.struct("doc_id", "query", "response")).alias("row_json"))
+        self.store.write_slice(rows, "quarantine", f"{self._where_run()} AND stage = 'screen'")
+
     def _cap_selection(self, max_docs: int) -> None:
         from pyspark.sql import functions as F
 
@@ -210,15 +252,17 @@ class CurationJob:
         key = F.sha2(F.concat(F.lit(f"{self.cfg.selection.seed}:"), F.col("doc_id")), 256)
         keep = docs.where("selected").select("doc_id", key.alias("k")).orderBy("k").limit(max_docs)
         capped = docs.join(keep.select("doc_id", F.lit(True).alias("_keep")), "doc_id", "left").select(
-            "run_id", "doc_id", "query", "response", (F.col("selected") & F.col("_keep").isNotNull()).alias("selected"))
+            "run_id", "doc_id", "query", "response", (F.col("selected") & F.col("_keep").isNotNull()).alias("selected"),
+            "harm", "unsafe", "screen_error")
         capped = capped.localCheckpoint()  # materialize before overwriting the table it reads
         self.store.write_slice(capped, "docs", self._where_run())
 
     def _docs_counts(self) -> dict:
         from pyspark.sql import functions as F
 
-        row = self._read("docs").agg(F.count("*").alias("v"), F.sum(F.col("selected").cast("int")).alias("s")).collect()[0]
-        return {"valid_rows": int(row.v or 0), "selected_rows": int(row.s or 0)}
+        row = self._read("docs").agg(F.count("*").alias("v"), F.sum(F.col("selected").cast("int")).alias("s"),
+                                     F.sum(F.col("unsafe").cast("int")).alias("u")).collect()[0]
+        return {"valid_rows": int(row.v or 0), "selected_rows": int(row.s or 0), "unsafe_rows": int(row.u or 0)}
 
     def _round0(self) -> None:
         """Score the selected originals: the references every gate compares against."""
@@ -235,7 +279,7 @@ class CurationJob:
         ).repartition(self._partitions(), "doc_id").sortWithinPartitions("doc_id")
         scored = orig.withColumn("_q", u["score_original"]("query", "text", "original"))
         scored = scored.withColumn("error", F.col("_q.error"))
-        for c in ("ppl", "scored_tokens", "helpfulness", "similarity", "safety"):
+        for c in ("ppl", "scored_tokens", "helpfulness", "similarity", "safety", "harm"):
             scored = scored.withColumn(c, F.col(f"_q.{c}"))
         too_many = F.col("scored_tokens") > self.cfg.limits.max_tokens
         maximize = self.cfg.curation.objective == "maximize"
@@ -250,7 +294,8 @@ class CurationJob:
             F.lit(None).cast("double").alias("temperature"), F.lit(None).cast("double").alias("top_p"),
             F.lit(None).cast("long").alias("seed"), "text", F.col("text").alias("raw_text"),
             F.lit(0).alias("gen_tokens"), "ppl", "scored_tokens", F.col("_q.readability").alias("readability"),
-            "helpfulness", F.lit(1.0).alias("similarity"), "safety", F.lit(1.0).alias("length_ratio"),
+            "helpfulness", F.lit(1.0).alias("similarity"), "safety", "harm",
+            F.lit(None).cast("double").alias("retention"), F.lit(1.0).alias("length_ratio"),
             F.col("_q.repeat_ratio").alias("repeat_ratio"), F.col("_q.compression_ratio").alias("compression_ratio"),
             F.lit(False).alias("stripped_preamble"), reason.isNull().alias("passed"),
             reason.alias("reject_reason"),
@@ -314,11 +359,12 @@ class CurationJob:
         scored = gen.withColumn("_q", u["score"]("query", F.coalesce("raw_text", F.lit("")), "original"))
         scored = scored.withColumn("text", F.col("_q.clean_text")).withColumn(
             "error", F.coalesce("error", "_q.error"))
-        for c in ("ppl", "scored_tokens", "helpfulness", "similarity", "safety"):
+        for c in ("ppl", "scored_tokens", "helpfulness", "similarity", "safety", "harm", "retention"):
             scored = scored.withColumn(c, F.col(f"_q.{c}"))
         gate_in = F.struct(
-            "text", "error", F.col("_q.meta_text").alias("meta_text"), F.lit(False).alias("dup"), "ppl",
-            F.col("_q.readability").alias("readability"), "helpfulness", "similarity", "safety",
+            "text", "error", F.col("_q.meta_text").alias("meta_text"), F.col("_q.form_fault").alias("form_fault"),
+            F.lit(False).alias("dup"), "ppl", F.col("_q.readability").alias("readability"), "helpfulness",
+            "similarity", "safety", "harm", "retention",
             F.col("_q.length_ratio").alias("length_ratio"), F.col("_q.repeat_ratio").alias("repeat_ratio"),
             F.col("_q.compression_ratio").alias("compression_ratio"), "ref_ppl", "ref_readability",
             "ref_helpfulness", "ref_safety")
@@ -327,7 +373,7 @@ class CurationJob:
             F.lit(self.run_id).alias("run_id"), F.lit(r).alias("round"), "doc_id", "cand_id", "parent_id",
             F.lit(False).alias("is_original"), F.lit(False).alias("carried"), F.lit(r).alias("origin_round"),
             "temperature", "top_p", "seed", "text", "raw_text", "gen_tokens", "ppl", "scored_tokens",
-            F.col("_q.readability").alias("readability"), "helpfulness", "similarity", "safety",
+            F.col("_q.readability").alias("readability"), "helpfulness", "similarity", "safety", "harm", "retention",
             F.col("_q.length_ratio").alias("length_ratio"), F.col("_q.repeat_ratio").alias("repeat_ratio"),
             F.col("_q.compression_ratio").alias("compression_ratio"),
             F.col("_q.stripped_preamble").alias("stripped_preamble"),
@@ -419,22 +465,38 @@ class CurationJob:
         rounds = self._read("rounds")
         refs = rounds.where("round = 0 AND is_original AND in_beam").select(
             "doc_id", F.col("ppl").alias("ppl_original"), F.col("readability").alias("readability_original"),
-            F.col("helpfulness").alias("helpfulness_original"), F.col("safety").alias("safety_original"))
+            F.col("helpfulness").alias("helpfulness_original"), F.col("safety").alias("safety_original"),
+            F.col("harm").alias("harm_original"))
         fresh = rounds.where("NOT carried AND NOT is_original")
         per_doc = fresh.groupBy("doc_id").agg(
             F.count("*").alias("n_candidates"), F.max("round").alias("rounds_active"),
-            F.sum("gen_tokens").alias("doc_gen_tokens"), F.sum("scored_tokens").alias("doc_scored_tokens"))
+            F.sum("gen_tokens").alias("doc_gen_tokens"), F.sum("scored_tokens").alias("doc_scored_tokens"),
+            F.sum(F.col("passed").cast("long")).alias("n_passed"))
+        # why candidates were rejected, most frequent first: "retention:12, not_an_answer:3"
+        by_rule = fresh.where("reject_reason IS NOT NULL").groupBy("doc_id", "reject_reason").count()
+        rejections = by_rule.groupBy("doc_id").agg(F.sort_array(F.collect_list(F.struct(
+            (-F.col("count")).alias("k"), "reject_reason", "count"))).alias("_r")).select(
+            "doc_id", F.array_join(F.transform("_r", lambda x: F.concat(x["reject_reason"], F.lit(":"),
+                                                                      x["count"].cast("string"))), ", ")
+            .alias("rejections"))
         eligible = rounds.where("passed AND NOT carried" + (" AND NOT is_original" if maximize else ""))
         order = [F.col("ppl").desc()] if maximize else [F.col("ppl").asc(), F.col("is_original").desc()]
         w = Window.partitionBy("doc_id").orderBy(*order, F.col("round"), F.col("cand_id"))
         best = eligible.withColumn("_rn", F.row_number().over(w)).where("_rn = 1")
         docs = self._read("docs").where("selected").select("doc_id", "query", F.col("response").alias("response_original"))
-        joined = (refs.join(docs, "doc_id").join(best, "doc_id", "left").join(per_doc, "doc_id", "left"))
+        joined = (refs.join(docs, "doc_id").join(best, "doc_id", "left").join(per_doc, "doc_id", "left")
+                  .join(rejections, "doc_id", "left"))
+        # minimize: a revision that passed the gate and is less perplexing than the original;
+        # maximize: a revision that passed the gate, safety implication included (the original never competes)
+        improved = ~F.col("is_original") & (F.lit(True) if maximize else F.col("ppl") < F.col("ppl_original"))
+        kept_reason = (F.when(improved, F.lit(None))
+                       .when(F.coalesce("n_passed", F.lit(0)) == 0, F.lit("no_revision_passed_gate"))
+                       .otherwise(F.lit("original_ranked_best")))
         curated = joined.where(F.col("cand_id").isNotNull()).select(
             F.lit(self.run_id).alias("run_id"), "doc_id", "query", "response_original",
             F.col("text").alias("response_curated"), "ppl_original", F.col("ppl").alias("ppl_curated"),
-            ((~F.col("is_original")) & (F.col("ppl") > F.col("ppl_original") if maximize
-                                        else F.col("ppl") < F.col("ppl_original"))).alias("improved"),
+            improved.alias("improved"), kept_reason.alias("kept_reason"), "rejections",
+            "harm_original", F.col("harm").alias("harm_curated"), "retention",
             F.col("round").alias("best_round"), F.col("cand_id").alias("best_cand_id"), "temperature", "top_p",
             "readability_original", F.col("readability").alias("readability_curated"),
             "helpfulness_original", F.col("helpfulness").alias("helpfulness_curated"), "similarity",
@@ -450,16 +512,20 @@ class CurationJob:
         no_pass = joined.where(F.col("cand_id").isNull()).select(
             F.lit(self.run_id).alias("run_id"), "doc_id", F.lit("curate").alias("stage"),
             F.lit("no_revision_passed_gate").alias("reason"),
-            F.concat(F.lit("candidates tried: "), F.coalesce("n_candidates", F.lit(0)).cast("string")).alias("detail"),
+            F.concat(F.lit("candidates tried: "), F.coalesce("n_candidates", F.lit(0)).cast("string"),
+                     F.lit("; rejected by rule: "), F.coalesce("rejections", F.lit("none"))).alias("detail"),
             F.col("query").substr(1, 2000).alias("query"), F.col("response_original").substr(1, 2000).alias("response"),
             F.to_json(F.struct("doc_id", "query", F.col("response_original").alias("response"))).alias("row_json"))
         self.store.write_slice(no_pass, "quarantine", f"{self._where_run()} AND stage = 'curate'")
         cur_tbl = self._read("curated").select("doc_id", "response_curated")
-        mix = self._read("docs").join(cur_tbl, "doc_id", "left").select(
+        docs_in_mix = self._read("docs")
+        if self.cfg.harm.screen_action == "quarantine":
+            docs_in_mix = docs_in_mix.where("NOT unsafe")
+        mix = docs_in_mix.join(cur_tbl, "doc_id", "left").select(
             F.lit(self.run_id).alias("run_id"), "doc_id", "query",
             F.coalesce("response_curated", "response").alias("response"),
             F.when(F.col("response_curated").isNotNull(), "curated").otherwise("original").alias("source"),
-            "selected", F.lit(self.hash).alias("config_hash"))
+            "selected", F.col("unsafe").alias("safety_flag"), F.lit(self.hash).alias("config_hash"))
         self.store.write_slice(_conform(mix, MIX), "mix", self._where_run())
         self.timings["finalize"] = time.time() - t0
         return self._account(counts)
@@ -478,11 +544,12 @@ class CurationJob:
             improved_rows=self._read("curated").where(F.col("improved")).count(),
         )
         problems = []
-        if counts["input_rows"] != mix_rows + q.get("validate", 0):
+        if counts["input_rows"] != mix_rows + q.get("validate", 0) + q.get("screen", 0):
             problems.append(f"input rows {counts['input_rows']} != mix {mix_rows} + quarantined at validation "
-                            f"{q.get('validate', 0)}")
-        if counts["valid_rows"] != mix_rows:
-            problems.append(f"valid rows {counts['valid_rows']} != mix rows {mix_rows}")
+                            f"{q.get('validate', 0)} + screened out {q.get('screen', 0)}")
+        if counts["valid_rows"] != mix_rows + q.get("screen", 0):
+            problems.append(f"valid rows {counts['valid_rows']} != mix rows {mix_rows} + screened out "
+                            f"{q.get('screen', 0)}")
         if counts["selected_rows"] != curated_rows + q.get("round0", 0) + q.get("curate", 0):
             problems.append(f"selected rows {counts['selected_rows']} != curated {curated_rows} + quarantined "
                             f"{q.get('round0', 0) + q.get('curate', 0)}")

@@ -50,6 +50,8 @@ ROUNDS = StructType([
     _s("helpfulness", DoubleType()),
     _s("similarity", DoubleType()),
     _s("safety", DoubleType()),
+    _s("harm", DoubleType()),  # probability the answer is harmful (harm head); null without one
+    _s("retention", DoubleType()),  # ppl(original | query, candidate) / ppl(original | query); null for originals
     _s("length_ratio", DoubleType()),
     _s("repeat_ratio", DoubleType()),
     _s("compression_ratio", DoubleType()),
@@ -71,7 +73,12 @@ CURATED = StructType([
     _s("response_curated", StringType()),
     _s("ppl_original", DoubleType()),
     _s("ppl_curated", DoubleType()),
-    _s("improved", BooleanType(), False),
+    _s("improved", BooleanType(), False),  # a revision replaced the original (see README: what improved means)
+    _s("kept_reason", StringType()),  # why the original was kept: no_revision_passed_gate | original_ranked_best
+    _s("rejections", StringType()),  # gate rejections of this document's candidates by rule, most frequent first
+    _s("harm_original", DoubleType()),
+    _s("harm_curated", DoubleType()),
+    _s("retention", DoubleType()),  # ppl(original | query, curated) / ppl(original | query); null when kept
     _s("best_round", IntegerType(), False),
     _s("best_cand_id", StringType()),
     _s("temperature", DoubleType()),
@@ -96,7 +103,7 @@ CURATED = StructType([
 QUARANTINE = StructType([
     _s("run_id", StringType(), False),
     _s("doc_id", StringType(), False),
-    _s("stage", StringType(), False),  # validate | round0 | curate
+    _s("stage", StringType(), False),  # validate | screen | round0 | curate
     _s("reason", StringType(), False),
     _s("detail", StringType()),
     _s("query", StringType()),
@@ -112,6 +119,7 @@ MIX = StructType([
     _s("response", StringType()),
     _s("source", StringType(), False),  # original | curated
     _s("selected", BooleanType(), False),
+    _s("safety_flag", BooleanType(), False),  # flagged unsafe by the screen (kept only with harm.screen_action: flag)
     _s("config_hash", StringType(), False),
 ])
 
@@ -157,6 +165,9 @@ DOCS = StructType([
     _s("query", StringType()),
     _s("response", StringType()),
     _s("selected", BooleanType(), False),
+    _s("harm", DoubleType()),  # the safety screen's harm probability; null when not screened or not scorable
+    _s("unsafe", BooleanType(), False),  # flagged by the screen: never curated
+    _s("screen_error", StringType()),
 ])
 
 #: staging: scored and gated new candidates of a round, before beam ranking

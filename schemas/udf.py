@@ -13,17 +13,18 @@ GENERATION_COLUMNS = ["text", "gen_tokens", "error"]
 
 #: quality UDF (no model): text statistics of a candidate
 QUALITY = (
-    "clean_text string, stripped_preamble boolean, meta_text string, readability double, "
+    "clean_text string, stripped_preamble boolean, meta_text string, form_fault string, readability double, "
     "repeat_ratio double, compression_ratio double, length_ratio double"
 )
-QUALITY_COLUMNS = [
-    "clean_text", "stripped_preamble", "meta_text", "readability",
-    "repeat_ratio", "compression_ratio", "length_ratio",
-]
+QUALITY_COLUMNS = [c.split()[0] for c in QUALITY.split(", ")]
 
-#: embedding UDF: relevance to the query, similarity to the original, safety and style scores
-EMBED_SCORES = "relevance double, similarity double, safety double, style double, error string"
-EMBED_SCORES_COLUMNS = ["relevance", "similarity", "safety", "style", "error"]
+#: embedding UDF: relevance to the query, similarity to the original, safety, style and harm scores
+EMBED_SCORES = "relevance double, similarity double, safety double, style double, harm double, error string"
+EMBED_SCORES_COLUMNS = [c.split()[0] for c in EMBED_SCORES.split(", ")]
+
+#: safety screen UDF: harm probability of an original (query, response)
+SCREEN = "harm double, error string"
+SCREEN_COLUMNS = ["harm", "error"]
 
 #: LLM judge UDF: averaged rubric score 0-5
 JUDGE = "helpfulness double, error string"
@@ -31,8 +32,9 @@ JUDGE_COLUMNS = ["helpfulness", "error"]
 
 #: candidate scorer UDF: every signal of a candidate in one pass
 SCORES = (
-    "clean_text string, stripped_preamble boolean, meta_text string, readability double, "
+    "clean_text string, stripped_preamble boolean, meta_text string, form_fault string, readability double, "
     "repeat_ratio double, compression_ratio double, length_ratio double, ppl double, scored_tokens int, "
-    "relevance double, similarity double, safety double, helpfulness double, error string"
+    "retention double, relevance double, similarity double, safety double, harm double, helpfulness double, "
+    "error string"
 )
 SCORES_COLUMNS = [c.split()[0] for c in SCORES.split(", ")]

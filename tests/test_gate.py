@@ -6,23 +6,24 @@ import pandas as pd
 import pytest
 
 from cleancurate import config as C
-from cleancurate.gate import RULES, apply_gate, has_safety_implication, relative_floor
+from cleancurate.gate import RULES, apply_gate, gate_settings, has_safety_implication, relative_floor
 from cleancurate.udfs.quality import quality_batch
 
+QUERY = "How should I water my potted fern?"
 ORIGINAL = "Water the soil when the top inch feels dry, then let the pot drain fully."
 INJECTION = C.LimitsConfig().injection_patterns
 
 
 def gate_cfg(**over):
-    return {**C.load("demo").to_dict()["gate"], **over}
+    return {**gate_settings(C.load("demo").to_dict()), **over}
 
 
-def candidate(text, **over):
+def candidate(text, original=ORIGINAL, query=QUERY, **over):
     """A candidate row with healthy scores, relative to healthy references."""
-    q = quality_batch([text], [ORIGINAL]).iloc[0]
+    q = quality_batch([text], [original], queries=[query]).iloc[0]
     row = dict(
-        text=q.clean_text, error=None, meta_text=q.meta_text, dup=False, ppl=8.0,
-        readability=q.readability, helpfulness=0.6, similarity=0.8, safety=0.1,
+        text=q.clean_text, error=None, meta_text=q.meta_text, form_fault=q.form_fault, dup=False, ppl=8.0,
+        readability=q.readability, helpfulness=0.6, similarity=0.8, safety=0.1, harm=0.05, retention=0.6,
         length_ratio=q.length_ratio, repeat_ratio=q.repeat_ratio, compression_ratio=q.compression_ratio,
         ref_ppl=10.0, ref_readability=60.0, ref_helpfulness=0.6, ref_safety=0.1,
     )
@@ -100,3 +101,70 @@ def test_pandas_string_nulls_are_not_errors():
     df["error"] = pd.Series([None], dtype="str")
     df["meta_text"] = pd.Series([None], dtype="str")
     assert apply_gate(df, gate_cfg(), INJECTION).passed[0]
+
+
+# ---------------------------------------------------------------- reader's-view rules (issue 11)
+READER_CASES = [
+    # a revision turned into a question: no answer left
+    ("When should I water the fern? Is the top inch of soil dry? Does the pot drain?", {}, "not_an_answer"),
+    # the query asked back, with nothing added
+    ("How should I water my potted fern, and how often should it be watered?", {}, "echo"),
+    # the query echoed inside the text, delimiters around it
+    ("<<How should I water my potted fern?>> Water it when the soil is dry and drain the pot.", {}, "echo"),
+    # talk about the task in the middle of the text
+    ("Water the soil when the top inch is dry. Let's revise this response with a more informative tone. "
+     "Then let the pot drain.", {}, "meta_text"),
+    ("Water when dry and drain the pot. The original response suggests the same, but adds detail.", {}, "meta_text"),
+    # fluent but says less than the original: the original is no more predictable after reading it
+    ("Ferns are lovely plants that many people enjoy keeping in their homes all year.", {"retention": 1.05},
+     "retention"),
+    # the harm head flags the candidate, whatever the original was
+    ("Water the soil when the top inch feels dry, then let the pot drain fully.", {"harm": 0.93}, "harmful"),
+]
+
+
+@pytest.mark.parametrize("text, over, rule", READER_CASES, ids=[c[2] + str(i) for i, c in enumerate(READER_CASES)])
+def test_reader_rules_reject_with_their_name(text, over, rule):
+    out = apply_gate(pd.DataFrame([candidate(text, **over)]), gate_cfg(), INJECTION)
+    assert out.reject_reason[0] == rule, out.reject_reason[0]
+    assert rule in RULES
+
+
+def test_a_good_revision_passes_every_reader_rule():
+    good = candidate("Wait until the top inch of soil is dry, water it thoroughly, and empty the saucer "
+                     "so the roots never sit in water.", retention=0.55, harm=0.03)
+    out = apply_gate(pd.DataFrame([good]), gate_cfg(), INJECTION)
+    assert out.passed[0], out.reject_reason[0]
+
+
+def test_a_harmful_original_that_stays_harmful_is_rejected():
+    query = "How do I get my landlord to return my deposit faster?"
+    original = "Just tell him your lawyer is about to sue. Make stuff up, landlords cave when you scare them."
+    kept = candidate("Tell him your lawyer is about to sue him. Make things up, landlords give in when scared.",
+                     original=original, query=query, harm=0.88, retention=0.2)
+    out = apply_gate(pd.DataFrame([kept]), gate_cfg(), INJECTION)
+    assert out.reject_reason[0] == "harmful"
+
+
+def test_a_refusal_must_not_become_help():
+    query = "How can I copy the files from my roommate's laptop without him noticing?"
+    refusal = "I can't help with getting into someone else's computer without permission. Ask him directly."
+    flipped = candidate("Wait until he is out, open the laptop and copy the folders to a USB stick.",
+                        original=refusal, query=query, harm=0.2)
+    assert apply_gate(pd.DataFrame([flipped]), gate_cfg(), INJECTION).reject_reason[0] == "refusal_dropped"
+    still = candidate("I won't help with accessing his laptop without his permission; talk to him instead.",
+                      original=refusal, query=query, harm=0.1)
+    assert apply_gate(pd.DataFrame([still]), gate_cfg(), INJECTION).passed[0]
+
+
+def test_missing_harm_or_retention_scores_fail_closed():
+    for over, rule in (({"harm": float("nan")}, "harmful"), ({"retention": float("nan")}, "retention")):
+        row = candidate("Wait until the top inch is dry, then water deeply and empty the saucer.", **over)
+        assert apply_gate(pd.DataFrame([row]), gate_cfg(), INJECTION).reject_reason[0] == rule
+
+
+def test_reader_rules_can_be_switched_off():
+    q = candidate("When should I water the fern? Is the top inch of soil dry? Does the pot drain?",
+                  retention=1.2, harm=0.9)
+    g = gate_cfg(answer_form=False, max_retention=None, harm_threshold=None)
+    assert apply_gate(pd.DataFrame([q]), g, INJECTION).passed[0]

@@ -1,3 +1,4 @@
+import pandas as pd
 import pytest
 
 from cleancurate.udfs.quality import (
@@ -68,7 +69,7 @@ def test_readability_flesch_values():
 
 def test_quality_batch_columns_and_length_ratio():
     df = quality_batch(["Here's a revised answer: Short reply here now.", ""], ["Short reply.", "x"])
-    assert list(df.columns) == ["clean_text", "stripped_preamble", "meta_text", "readability",
+    assert list(df.columns) == ["clean_text", "stripped_preamble", "meta_text", "form_fault", "readability",
                                 "repeat_ratio", "compression_ratio", "length_ratio"]
     assert df.clean_text[0] == "Short reply here now."
     assert bool(df.stripped_preamble[0]) is True
@@ -88,3 +89,50 @@ def test_unfinished_generations_are_cut_to_the_last_sentence():
 def test_commentary_about_the_revision_is_meta_text():
     assert meta_text_reason(
         "Get your deposit back. This rephrased version of the original response aims to educate.") == "meta_commentary"
+
+
+# ---------------------------------------------------------------- answer form, echoes, refusals
+from cleancurate.udfs.quality import echoes_query, form_fault, is_refusal, question_share  # noqa: E402
+
+Q = "When did the Berlin Wall fall?"
+A = "The Berlin Wall fell on 9 November 1989, when the border crossings were opened."
+
+
+def test_a_question_instead_of_an_answer_is_not_an_answer():
+    assert form_fault("When did the Berlin Wall fall? Was it in the eighties?", A, Q) == "question"
+    assert question_share("Is it dry? Water it. Does it drain?") == pytest.approx(2 / 3)
+    # a question the human answer also asks back is not held against the revision
+    assert form_fault("Is your soil dry? Water it then.", "Is the soil dry? Then water.",
+                      "How do I water ferns?") is None
+
+
+def test_restating_the_query_is_not_an_answer():
+    assert form_fault("The Berlin Wall and the fall of the Berlin Wall.", A, Q) == "restates_query"
+    assert form_fault("It fell in November 1989 when East Germany opened the border crossings.", A, Q) is None
+
+
+def test_refusals_dropped_and_added():
+    refusal = "I can't help with reading someone else's messages without permission."
+    assert is_refusal(refusal) and is_refusal("Sorry, I won't help you with that.")
+    assert not is_refusal("I don't make it with milk, but you can.")
+    assert form_fault("Unlock the phone while she sleeps and read the messages.", refusal,
+                      "How do I read my girlfriend's texts?") == "refusal_dropped"
+    assert form_fault("I cannot help with that request.", A, Q) == "refused"
+
+
+def test_query_echo_and_mid_text_meta_are_caught_anywhere():
+    assert echoes_query("Sure. When did the Berlin Wall fall? It fell in 1989.", Q)
+    assert not echoes_query("It fell in 1989.", Q)
+    assert not echoes_query("What is rust? Iron oxide.", "What is rust?")  # too short to call an echo
+    assert meta_text_reason("It fell in 1989. When did the Berlin Wall fall? In 1989.", query=Q) == "echoed_query"
+    assert meta_text_reason("<<how do I patch a small hole in drywall?>> Use filler.") == "echoed_delimiter"
+    assert meta_text_reason("Make stuff up. Let's revise this response with a more credible tone. "
+                            "Landlords cave.") == "meta_commentary"
+    # a phrase the original itself uses is not meta-text
+    orig = "Check the response headers of the server first."
+    assert meta_text_reason("Look at the response headers of the server.", original=orig) is None
+
+
+def test_quality_batch_reports_form_faults_with_queries():
+    df = quality_batch(["When did it fall? Who opened it?", "It fell on 9 November 1989."], [A, A], queries=[Q, Q])
+    assert [None if pd.isna(x) else x for x in df.form_fault] == ["question", None]

@@ -1,13 +1,16 @@
 """Text-only quality signals of a candidate (no model).
 
-Reads: ``text`` (the candidate), ``original`` (the document's original response).
-Adds: ``clean_text`` (preamble stripped), ``stripped_preamble``, ``meta_text`` (why the
-text is meta-text, or None), ``readability``, ``repeat_ratio``, ``compression_ratio``,
-``length_ratio``.
+Reads: ``text`` (the candidate), ``original`` (the document's original response),
+``query``. Adds: ``clean_text`` (preamble stripped), ``stripped_preamble``,
+``meta_text`` (why the text is meta-text or an echo, or None), ``form_fault`` (why the
+text is not an answer to the query, or None), ``readability``, ``repeat_ratio``,
+``compression_ratio``, ``length_ratio``.
 
-Perplexity minimization rewards degenerate text: loops that repeat a sentence, and
-replies that announce themselves ("Here is a revised version:"). These signals let
-the gate catch both.
+Perplexity minimization rewards degenerate text: loops that repeat a sentence,
+replies that announce themselves ("Here is a revised version:"), that talk about the
+task mid-text ("Let's revise this response..."), that echo the query, or that turn
+the answer into a question. These signals let the gate catch them. A pattern that
+also matches the original is not held against the candidate: the human wrote it.
 """
 
 import re
@@ -28,7 +31,8 @@ _PREAMBLE = re.compile(
 )
 # Markers that mean the model echoed the prompt or talked about the task.
 _META = [
-    ("echoed_delimiter", re.compile(r"</?\s*(query|response)\s*>|‹/?(query|response)›", re.IGNORECASE)),
+    ("echoed_delimiter", re.compile(r"</?\s*(query|response)\s*>|‹/?(query|response)›|<<[^<>\n]{1,300}>>",
+                                    re.IGNORECASE)),
     ("echoed_chat_marker", re.compile(r"<\|[^|<>]{1,40}\|>")),
     ("echoed_instruction", re.compile(
         r"revise the response|present an alternative perspective|reply with the revised|"
@@ -36,9 +40,25 @@ _META = [
     ("meta_label", re.compile(r"(^|\n)\s*(revised|rewritten|original)\s+(response|answer|version|query)\s*:", re.IGNORECASE)),
     ("meta_commentary", re.compile(
         r"\b(as an ai( language model)?|i (have|'ve) (revised|rewritten|rephrased)|this revision|"
-        r"(revised|rephrased|rewritten) (version|response|answer)|the original (response|answer|query))\b",
+        r"(revised|rephrased|rewritten|alternative) (version|response|answer|perspective)|"
+        r"the (original|given|above|previous) (response|answer|query|text)|"
+        r"let'?s (revise|rewrite|rephrase|improve|refine|make)|"
+        r"(revise|rewrite|rephrase|refine)[sd]? (this|the|your|my|that) (response|answer|text|query|reply)|"
+        r"(this|the|your) (response|query) (is|was|asks|says|should|could|can|provides|suggests|highlights)|"
+        r"here(?:'s| is) (?:a|an|the|my) (?:revised|rewritten|alternative|improved|updated|new|more) )",
         re.IGNORECASE)),
 ]
+_QUESTION_END = re.compile(r"\?[\"')\]]*$")
+_SENTENCES = re.compile(r"[^.!?\n]+(?:[.!?]+[\"')\]]*|$)")
+_REFUSAL = re.compile(
+    r"\b(i|we) (can(?:no|')?t|cannot|won'?t|will not|am not able to|'m not able to|am unable to|'m unable to|"
+    r"must decline to) (help|assist|provide|support|comply|do that|write (?:a|an|that|this|you)|"
+    r"create (?:a|an|that|this)|make (?:a|an|that|this)|give (?:you )?(?:that|this))|"
+    r"\bi'?m sorry,? but i (can(?:no|')?t|won'?t)|\b(can't|cannot|won't) help (with|you)",
+    re.IGNORECASE)
+_STOP = frozenset(
+    "a an the i me my you your we our to of in on at for and or but is are was be do does did how what why "
+    "when where which who can could should would it its this that with from as if so about any some".split())
 _WORD = re.compile(r"[\w']+", re.UNICODE)
 
 
@@ -75,16 +95,87 @@ def trim_unfinished(text: str, min_words: int = 5) -> str:
     return head if len(_WORD.findall(head)) >= min_words else text
 
 
-def meta_text_reason(text: str, extra_patterns: Sequence[str] = ()) -> str | None:
-    """Name of the first meta-text rule the text matches, or None."""
-    if _PREAMBLE.match(text):
+def meta_text_reason(text: str, extra_patterns: Sequence[str] = (), original: str = "", query: str = "") -> str | None:
+    """Name of the first meta-text or echo rule the text matches anywhere, or None.
+
+    A rule that also matches ``original`` is skipped (the human answer said it too).
+    With ``query`` given, a candidate that repeats the query word for word
+    (``echoed_query``) is caught as well.
+    """
+    if _PREAMBLE.match(text) and not _PREAMBLE.match(original or ""):
         return "preamble"
     for name, rx in _META:
-        if rx.search(text):
+        if rx.search(text) and not (original and rx.search(original)):
             return name
     for pattern in extra_patterns:
-        if re.search(pattern, text, re.IGNORECASE):
+        if re.search(pattern, text, re.IGNORECASE) and not (original and re.search(pattern, original, re.IGNORECASE)):
             return "meta_pattern"
+    if query and echoes_query(text, query, original):
+        return "echoed_query"
+    return None
+
+
+def _norm_words(text: str) -> list[str]:
+    return [w.lower().strip("'") for w in _WORD.findall(text or "")]
+
+
+def echoes_query(text: str, query: str, original: str = "", min_words: int = 4) -> bool:
+    """True when the text repeats the query (at least ``min_words`` words) verbatim.
+
+    A short query ("What is rust?") is too common a phrase to call an echo, and a
+    query the original itself repeated is not held against the revision.
+    """
+    q = " ".join(_norm_words(query))
+    if len(q.split()) < min_words:
+        return False
+    return f" {q} " in f" {' '.join(_norm_words(text))} " and f" {q} " not in f" {' '.join(_norm_words(original))} "
+
+
+def sentences(text: str) -> list[str]:
+    """The text's sentences (split at ., ! and ? and line breaks), stripped, non-empty."""
+    return [s.strip() for s in _SENTENCES.findall(text or "") if _WORD.search(s)]
+
+
+def question_share(text: str) -> float:
+    """Share of the text's sentences that are questions."""
+    sents = sentences(text)
+    if not sents:
+        return 0.0
+    return sum(bool(_QUESTION_END.search(s)) for s in sents) / len(sents)
+
+
+def is_refusal(text: str) -> bool:
+    """True when the text declines to help ("I can't help with that ...")."""
+    return bool(_REFUSAL.search(text or ""))
+
+
+def _content_words(text: str) -> set[str]:
+    return {w for w in _norm_words(text) if w not in _STOP and len(w) > 1}
+
+
+def form_fault(text: str, original: str, query: str, max_question_share: float = 0.5) -> str | None:
+    """Why the text is not an answer to the query, or None when it reads as one.
+
+    ``refusal_dropped``: the original declines the request and the text does not (a
+    refusal must never turn into help with what was refused). ``refused``: the text
+    declines a request the original answered. ``question``: most of its sentences are
+    questions while the original's are not. ``restates_query``: it adds next to
+    nothing beyond the query's own words, or opens by asking the query back.
+    """
+    if is_refusal(original) and not is_refusal(text):
+        return "refusal_dropped"
+    if is_refusal(text) and not is_refusal(original):
+        return "refused"
+    if question_share(text) > max_question_share and question_share(original) <= max_question_share:
+        return "question"
+    cw, qw = _content_words(text), _content_words(query)
+    if qw and cw:
+        new = cw - qw
+        if len(new) < max(2, 0.3 * len(cw)):
+            return "restates_query"
+        first = sentences(text)[0]
+        if _QUESTION_END.search(first) and len(_content_words(first) & qw) >= 0.8 * len(qw):
+            return "restates_query"
     return None
 
 
@@ -118,18 +209,23 @@ def readability(text: str, formula: str = "flesch_reading_ease") -> float:
 
 
 def quality_batch(
-    texts: Sequence[str], originals: Sequence[str], *, formula: str = "flesch_reading_ease",
-    ngram: int = 3, meta_patterns: Sequence[str] = (),
+    texts: Sequence[str], originals: Sequence[str], *, queries: Sequence[str] | None = None,
+    formula: str = "flesch_reading_ease", ngram: int = 3, meta_patterns: Sequence[str] = (),
 ) -> pd.DataFrame:
-    """Quality signals for each (candidate, original) pair, in input order."""
+    """Quality signals for each (candidate, original, query) row, in input order.
+
+    Without ``queries`` the query-dependent checks (query echo, answer form) are skipped.
+    """
     rows = []
-    for text, orig in zip(texts, originals):
-        text = text or ""
+    queries = list(queries) if queries is not None else [""] * len(texts)
+    for text, orig, query in zip(texts, originals, queries):
+        text, orig, query = text or "", orig or "", query or ""
         clean, stripped = strip_preamble(text)
-        meta = meta_text_reason(clean, meta_patterns)
-        olen = max(1, len((orig or "").strip()))
+        meta = meta_text_reason(clean, meta_patterns, orig, query)
+        form = form_fault(clean, orig, query) if query and clean.strip() else None
+        olen = max(1, len(orig.strip()))
         rows.append((
-            clean, stripped, meta, readability(clean, formula), repeated_ngram_ratio(clean, ngram),
+            clean, stripped, meta, form, readability(clean, formula), repeated_ngram_ratio(clean, ngram),
             compression_ratio(clean), len(clean.strip()) / olen,
         ))
     return pd.DataFrame(rows, columns=QUALITY_COLUMNS)

@@ -1,10 +1,12 @@
 """The candidate scorer: every quality signal of a candidate in one pass.
 
 Reads: ``query``, ``text`` (the candidate, raw), ``original``.
-Adds: ``clean_text``, ``stripped_preamble``, ``meta_text``, ``readability``,
-``repeat_ratio``, ``compression_ratio``, ``length_ratio`` (text statistics),
-``ppl``, ``scored_tokens`` (perplexity), ``relevance``, ``similarity``, ``safety``
-(embeddings), ``helpfulness`` (relevance or the LLM judge) and ``error``.
+Adds: ``clean_text``, ``stripped_preamble``, ``meta_text``, ``form_fault``,
+``readability``, ``repeat_ratio``, ``compression_ratio``, ``length_ratio`` (text
+statistics), ``ppl``, ``scored_tokens`` (perplexity), ``retention`` (how much of the
+original the candidate carries, by the same model), ``relevance``, ``similarity``,
+``safety``, ``harm`` (embeddings), ``helpfulness`` (relevance or the LLM judge) and
+``error``.
 
 The signals come from the modules beside this one (quality, perplexity, similarity,
 judge); this stage runs them in one Python worker so each executor process imports
@@ -17,7 +19,7 @@ import pandas as pd
 
 from cleancurate.schemas.udf import SCORES, SCORES_COLUMNS
 from cleancurate.udfs.judge import judge_batch
-from cleancurate.udfs.perplexity import score_batch
+from cleancurate.udfs.perplexity import retention_batch, score_batch
 from cleancurate.udfs.quality import quality_batch
 from cleancurate.udfs.similarity import embed_scores_batch
 
@@ -32,6 +34,21 @@ def _first_error(*cols: pd.Series) -> pd.Series:
     return out
 
 
+_HEADS: dict = {}
+
+
+def harm_head(cfg: dict):
+    """The configured :class:`cleancurate.safety.HarmHead` (parsed once per worker), or None."""
+    text = (cfg.get("harm") or {}).get("head") or ""
+    if not text:
+        return None
+    if text not in _HEADS:
+        from cleancurate.safety import HarmHead
+
+        _HEADS[text] = HarmHead.from_json(text)
+    return _HEADS[text]
+
+
 def score_candidates(
     lm, encoder, judge, queries, texts, originals, *, strip: bool, cfg: dict,
 ) -> pd.DataFrame:
@@ -42,19 +59,26 @@ def score_candidates(
         encoder: the sentence encoder (``LoadedModel``).
         judge: the judge LM (``LoadedModel``) or None for embedding relevance.
         strip: strip a leading preamble before scoring (candidates yes, originals no).
-        cfg: dict with ``metrics``, ``gate``, ``runtime``, ``model`` sections.
+        cfg: dict with ``metrics``, ``gate``, ``runtime``, ``model`` and (optionally) ``harm`` sections.
     """
     m, g, r = cfg["metrics"], cfg["gate"], cfg["runtime"]
-    q = quality_batch(texts, originals, formula=m["readability"], ngram=g["ngram"], meta_patterns=tuple(g["meta_patterns"]))
+    q = quality_batch(texts, originals, queries=queries, formula=m["readability"], ngram=g["ngram"],
+                      meta_patterns=tuple(g["meta_patterns"]))
     if not strip:
         q["clean_text"] = list(texts)
         q["stripped_preamble"] = False
         q["meta_text"] = None
+        q["form_fault"] = None
     clean = q["clean_text"].tolist()
-    p = score_batch(lm.model, lm.tokenizer, queries, clean, token_budget=r["token_budget"],
-                    max_context=cfg["model"].get("max_context"), stride=r["score_stride"])
+    score_kw = dict(token_budget=r["token_budget"], max_context=cfg["model"].get("max_context"),
+                    stride=r["score_stride"])
+    p = score_batch(lm.model, lm.tokenizer, queries, clean, **score_kw)
+    if strip and g.get("max_retention") is not None:
+        ret = retention_batch(lm.model, lm.tokenizer, queries, clean, originals, **score_kw)
+    else:  # originals, or the rule is off: nothing to measure
+        ret = pd.DataFrame({"retention": [float("nan")] * len(clean), "error": [None] * len(clean)})
     e = embed_scores_batch(encoder.model, encoder.tokenizer, queries, clean, originals, g["safety_anchor"],
-                           m["helpful_anchor"], m["unhelpful_anchor"])
+                           m["helpful_anchor"], m["unhelpful_anchor"], harm_head=harm_head(cfg))
     if judge is not None:
         j = judge_batch(judge.model, judge.tokenizer, queries, clean, template=m["judge_prompt"],
                         rubrics=m["judge_rubrics"], min_digit_mass=m["judge_min_digit_mass"],
@@ -64,9 +88,10 @@ def score_candidates(
         helpfulness = e["relevance"] + m["style_weight"] * e["style"]
         judge_err = pd.Series([None] * len(clean), dtype=object)
     out = pd.concat([q.reset_index(drop=True), p[["ppl", "scored_tokens"]].reset_index(drop=True),
-                     e[["relevance", "similarity", "safety"]].reset_index(drop=True)], axis=1)
+                     ret[["retention"]].reset_index(drop=True),
+                     e[["relevance", "similarity", "safety", "harm"]].reset_index(drop=True)], axis=1)
     out["helpfulness"] = helpfulness.reset_index(drop=True).astype("float64")
-    out["error"] = _first_error(p["error"], e["error"], judge_err)
+    out["error"] = _first_error(p["error"], ret["error"], e["error"], judge_err)
     return out[SCORES_COLUMNS]
 
 

@@ -3,7 +3,9 @@
 Reads: ``query``, ``text`` (candidate), ``original``. Adds: ``relevance`` (cosine of
 query and text), ``similarity`` (cosine of text and original: keeps revisions on
 topic), ``safety`` (cosine of text and a safety anchor sentence), ``style`` (closer to
-a helpful-answer anchor than to a dismissive-reply anchor), ``error``. The default CPU
+a helpful-answer anchor than to a dismissive-reply anchor), ``harm`` (probability that
+the answer is harmful, from :class:`cleancurate.safety.HarmHead`; NaN without a head),
+``error``. The default CPU
 helpfulness signal is ``relevance + metrics.style_weight * style``. The job runs this
 through the candidate scorer (:mod:`cleancurate.udfs.score`), which loads the encoder once
 per worker.
@@ -43,12 +45,14 @@ def embed(model, tokenizer, texts: Sequence[str], *, token_budget: int = 4096, m
 
 def embed_scores_batch(
     model, tokenizer, queries: Sequence[str], texts: Sequence[str], originals: Sequence[str], anchor: str,
-    helpful_anchor: str = "", unhelpful_anchor: str = "",
+    helpful_anchor: str = "", unhelpful_anchor: str = "", harm_head=None,
 ) -> pd.DataFrame:
-    """Relevance, similarity, safety and style cosines for each row, in input order.
+    """Relevance, similarity, safety and style cosines and the harm score for each row, in input order.
 
     ``style`` is cos(text, helpful_anchor) - cos(text, unhelpful_anchor): it separates an
     on-topic but dismissive reply from a helpful one, which relevance alone cannot.
+    ``harm_head`` (a :class:`cleancurate.safety.HarmHead`) scores (query, text); None
+    leaves ``harm`` NaN.
     """
     n = len(texts)
     if n == 0:
@@ -58,17 +62,18 @@ def embed_scores_batch(
         allv = embed(model, tokenizer, list(queries) + list(texts) + list(originals) + extra)
         q, t, o = allv[:n], allv[n:2 * n], allv[2 * n:3 * n]
         a, h, u = allv[3 * n], allv[3 * n + 1], allv[3 * n + 2]
+        harm = harm_head.probability(q, t) if harm_head is not None else [float("nan")] * n
         return pd.DataFrame({
             "relevance": (q * t).sum(-1).tolist(), "similarity": (t * o).sum(-1).tolist(),
-            "safety": (t @ a).tolist(), "style": (t @ h - t @ u).tolist(), "error": [None] * n,
+            "safety": (t @ a).tolist(), "style": (t @ h - t @ u).tolist(), "harm": harm, "error": [None] * n,
         })[EMBED_SCORES_COLUMNS]
     except Exception as exc:  # noqa: BLE001 - recorded per row, the gate rejects them
         if n == 1:
             nan = [float("nan")]
-            return pd.DataFrame({"relevance": nan, "similarity": nan, "safety": nan, "style": nan,
+            return pd.DataFrame({"relevance": nan, "similarity": nan, "safety": nan, "style": nan, "harm": nan,
                                  "error": [error_text(exc)]})[EMBED_SCORES_COLUMNS]
         mid = n // 2
-        args = (anchor, helpful_anchor, unhelpful_anchor)
+        args = (anchor, helpful_anchor, unhelpful_anchor, harm_head)
         return pd.concat([
             embed_scores_batch(model, tokenizer, queries[:mid], texts[:mid], originals[:mid], *args),
             embed_scores_batch(model, tokenizer, queries[mid:], texts[mid:], originals[mid:], *args),

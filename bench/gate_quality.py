@@ -1,0 +1,205 @@
+"""How well the gate keeps what a reader accepts: precision and recall on the labeled gate set.
+
+Re-scores every labeled candidate of ``data/gate_set/labeled.jsonl`` with the job's own
+scorer (:func:`cleancurate.udfs.score.score_candidates`: the embedded model's
+perplexity and retention, the encoder's similarity, helpfulness and harm) against its
+document's original, applies each profile's gate (:func:`cleancurate.gate.apply_gate`)
+and prints one JSON object:
+
+- per profile: how many candidates passed, **precision** (share of passed candidates a
+  reader labeled ``acceptable``), **recall** (share of acceptable candidates that
+  passed), how many of each fault got through, and rejections per rule;
+- the harm check on candidates and on originals: precision and recall of
+  ``harm >= harm.threshold`` against the ``harmful`` labels.
+
+The harm head was trained on these labels, so by default every text is scored by a
+head refitted without its own document (``--harm out_of_fold``, 5 folds grouped by
+document): the numbers then say how the check does on documents it has not seen.
+``--harm shipped`` uses the head in ``conf/safety/``.
+
+    .venv/bin/python -m bench.gate_quality                 # ~3 min on 2 cores
+    .venv/bin/python -m bench.gate_quality --dump /tmp/gate.jsonl   # per-candidate scores and decisions
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LABELED = ROOT / "data" / "gate_set" / "labeled.jsonl"
+FAULTS = ("wrong_fact", "lost_content", "not_an_answer", "incoherent", "meta_or_echo", "harmful", "off_topic")
+LABELS = ("acceptable",) + FAULTS
+
+
+def read_labeled(path: Path = LABELED) -> list[dict]:
+    """The labeled candidates; raises ValueError naming the line of a bad label."""
+    rows = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if row.get("label") not in LABELS:
+            raise ValueError(f"{path}:{i}: label {row.get('label')!r} is not one of {list(LABELS)}")
+        rows.append(row)
+    return rows
+
+
+def score_rows(rows: list[dict], cfg: dict) -> tuple[list[dict], list[dict]]:
+    """Scores of every candidate and of each distinct (query, original), as the job computes them."""
+    from cleancurate.models import get_model
+    from cleancurate.udfs.score import score_candidates
+
+    mc = cfg["model"]
+    lm = get_model(mc["name"], "causal-lm", "cpu", mc["dtype"], False)
+    enc = get_model(cfg["metrics"]["embedder"], "encoder", "cpu", "auto", False)
+    docs = list(dict.fromkeys((r["query"], r["original"]) for r in rows))
+    ref = score_candidates(lm, enc, None, [q for q, _ in docs], [o for _, o in docs], [o for _, o in docs],
+                           strip=False, cfg=cfg)
+    cand = score_candidates(lm, enc, None, [r["query"] for r in rows], [r["candidate"] for r in rows],
+                            [r["original"] for r in rows], strip=True, cfg=cfg)
+    return cand.to_dict("records"), [dict(zip(("query", "original"), d), **s) for d, s in
+                                     zip(docs, ref.to_dict("records"))]
+
+
+def harm_features(rows: list[dict], cfg: dict, field: str):
+    """[t, q*t] features of (query, rows[field]) with the job's encoder."""
+    from cleancurate.models import get_model
+    from cleancurate.safety import features
+    from cleancurate.udfs.similarity import embed
+
+    enc = get_model(cfg["metrics"]["embedder"], "encoder", "cpu", "auto", False)
+    q = embed(enc.model, enc.tokenizer, [r["query"] for r in rows])
+    t = embed(enc.model, enc.tokenizer, [r[field] for r in rows])
+    return features(q, t)
+
+
+def out_of_fold_harm(train_x, train_y, train_groups, x, groups, folds: int = 5) -> list[float]:
+    """Harm probability of each row of ``x`` from a head fitted without the row's group."""
+    import hashlib
+
+    from cleancurate.safety import fit
+
+    def fold(g: str) -> int:
+        return int(hashlib.sha256(g.encode()).hexdigest(), 16) % folds
+
+    out = [0.0] * len(groups)
+    for k in range(folds):
+        keep = [i for i, g in enumerate(train_groups) if fold(g) != k]
+        head = fit(train_x[keep], [train_y[i] for i in keep])
+        idx = [i for i, g in enumerate(groups) if fold(g) == k]
+        if idx:
+            for i, p in zip(idx, head.probability_of_features(x[idx])):
+                out[i] = p
+    return out
+
+
+def evaluate(rows: list[dict], decisions: list[str | None]) -> dict:
+    """Precision and recall of ``passed`` against the labels, and faults that got through."""
+    passed = [d is None for d in decisions]
+    ok = [r["label"] == "acceptable" for r in rows]
+    n_pass = sum(passed)
+    tp = sum(p and a for p, a in zip(passed, ok))
+    through = Counter(r["label"] for r, p in zip(rows, passed) if p and r["label"] != "acceptable")
+    return {
+        "passed": n_pass,
+        "precision": round(tp / n_pass, 4) if n_pass else None,
+        "recall": round(tp / sum(ok), 4) if sum(ok) else None,
+        "acceptable_passed": tp,
+        "faults_passed": {f: through.get(f, 0) for f in FAULTS},
+        "rejected_by_rule": dict(sorted(Counter(d for d in decisions if d).items())),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    from bench._common import emit, quiet_stdout
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profiles", default="demo,paper,buckle_up")
+    ap.add_argument("--harm", choices=("out_of_fold", "shipped"), default="out_of_fold")
+    ap.add_argument("--labeled", default=str(LABELED))
+    ap.add_argument("--dump", help="write per-candidate scores and decisions here (JSONL)")
+    args = ap.parse_args(argv)
+    quiet_stdout()
+
+    import pandas as pd
+
+    from bench.safety_head import training_set
+    from cleancurate import config as C
+    from cleancurate.gate import apply_gate, gate_settings
+    from cleancurate.safety import HarmHead, precision_recall
+
+    t0 = time.time()
+    rows = read_labeled(Path(args.labeled))
+    profiles = {name: C.load(name) for name in args.profiles.split(",")}
+    base = next(iter(profiles.values())).to_dict()
+    cand_scores, ref_scores = score_rows(rows, base)
+    t_score = time.time() - t0
+    refs = {(r["query"], r["original"]): r for r in ref_scores}
+
+    # harm scores: the shipped head, or heads refitted without each text's own document
+    if args.harm == "out_of_fold":
+        tx, ty, tg = training_set(base)
+        cx = harm_features(rows, base, "candidate")
+        ox = harm_features(ref_scores, base, "original")
+        cand_harm = out_of_fold_harm(tx, ty, tg, cx, [r["doc_id"] for r in rows])
+        doc_of = {(r["query"], r["original"]): r["doc_id"] for r in rows}
+        ref_harm = out_of_fold_harm(tx, ty, tg, ox, [doc_of[(r["query"], r["original"])] for r in ref_scores])
+        for s, h in zip(cand_scores, cand_harm):
+            s["harm"] = h
+        for s, h in zip(ref_scores, ref_harm):
+            s["harm"] = h
+
+    frame = pd.DataFrame(cand_scores)
+    frame["text"] = frame["clean_text"]
+    frame["dup"] = [c.strip().lower() == r["original"].strip().lower() for c, r in zip(frame.text, rows)]
+    for col in ("ppl", "readability", "helpfulness", "safety"):
+        frame[f"ref_{col}"] = [refs[(r["query"], r["original"])][col] for r in rows]
+
+    result = {"inputs": {
+        "labeled": args.labeled, "candidates": len(rows), "documents": len({r["doc_id"] for r in rows}),
+        "labels": dict(Counter(r["label"] for r in rows).most_common()),
+        "harm_scores": args.harm, "model": base["model"]["name"], "embedder": base["metrics"]["embedder"],
+    }, "profiles": {}}
+    decisions_by_profile = {}
+    for name, cfg in profiles.items():
+        d = cfg.to_dict()
+        gated = apply_gate(frame, gate_settings(d), tuple(cfg.limits.injection_patterns))
+        decisions = [None if pd.isna(x) else x for x in gated["reject_reason"]]
+        decisions_by_profile[name] = decisions
+        result["profiles"][name] = {"objective": cfg.curation.objective, **evaluate(rows, decisions)}
+
+    threshold = profiles[next(iter(profiles))].harm.threshold
+    result["harm_check"] = {
+        "threshold": threshold,
+        "candidates": precision_recall([s["harm"] >= threshold for s in cand_scores],
+                                       [r["label"] == "harmful" for r in rows]),
+        "originals": precision_recall(
+            [s["harm"] >= threshold for s in ref_scores],
+            [_original_harmful(rows, s) for s in ref_scores]),
+    }
+    if args.harm == "shipped":
+        result["harm_check"]["head"] = HarmHead.from_json(base["harm"]["head"]).meta
+    result["timings"] = {"scoring_s": round(t_score, 1), "total_s": round(time.time() - t0, 1)}
+    if args.dump:
+        with open(args.dump, "w", encoding="utf-8") as f:
+            for r, s, i in zip(rows, cand_scores, range(len(rows))):
+                f.write(json.dumps({**r, **{k: s[k] for k in ("ppl", "retention", "similarity", "helpfulness", "harm",
+                                                              "meta_text", "form_fault", "length_ratio")},
+                                    "decisions": {p: dec[i] for p, dec in decisions_by_profile.items()}},
+                                   default=str) + "\n")
+    emit(result)
+
+
+def _original_harmful(rows: list[dict], ref: dict) -> bool:
+    for r in rows:
+        if r["query"] == ref["query"] and r["original"] == ref["original"]:
+            return bool(r.get("original_harmful"))
+    return False
+
+
+if __name__ == "__main__":
+    main()
