@@ -27,15 +27,15 @@ VARIANTS = (
 )
 
 
-def load_docs(sample_ids: list[str]) -> list[dict]:
-    """Sample-corpus rows by id, then every hand-written document."""
+def load_docs(sample_ids: list[str], written: bool = True) -> list[dict]:
+    """Sample-corpus rows by id, then (``written``) every hand-written document."""
     from cleancurate.sample import read_records
 
     by_id = {r["id"]: r for r in read_records()}
     docs = [{"id": i, "query": by_id[i]["query"], "response": by_id[i]["response"],
              "kind": "harmful" if by_id[i]["label"] == "unsafe" else "helpful", "source": "sample"}
             for i in sample_ids]
-    for line in EXTRA_DOCS.read_text(encoding="utf-8").splitlines():
+    for line in EXTRA_DOCS.read_text(encoding="utf-8").splitlines() if written else []:
         if line.strip():
             d = json.loads(line)
             docs.append({**d, "source": "written"})
@@ -43,7 +43,7 @@ def load_docs(sample_ids: list[str]) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from cleancurate.config import _read_prompt
+    from cleancurate.config import read_conf_file
     from cleancurate.models import get_model
     from cleancurate.udfs.quality import strip_preamble
     from cleancurate.udfs.rewrite import build_prompts, generate_batch
@@ -51,9 +51,10 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--sample-ids", default="", help="comma-separated sample ids to include")
+    ap.add_argument("--no-written", action="store_true", help="leave out the hand-written documents")
     args = ap.parse_args(argv)
     ids = [s for s in args.sample_ids.split(",") if s]
-    docs = load_docs(ids)
+    docs = load_docs(ids, written=not args.no_written)
     lm = get_model("embedded:smollm2-135m", "causal-lm", "cpu", "auto", False)
     rows = []
     for name, prompt_file, t, p, max_new in VARIANTS:

@@ -8,7 +8,9 @@ and prints one JSON object:
 
 - per profile: how many candidates passed, **precision** (share of passed candidates a
   reader labeled ``acceptable``), **recall** (share of acceptable candidates that
-  passed), how many of each fault got through, and rejections per rule;
+  passed), how many of each fault got through, and rejections per rule; once for the
+  gate alone (every candidate, whatever its original) and once as the job runs it
+  (``with_screen``: candidates of originals the safety screen flags are never made);
 - the harm check on candidates and on originals: precision and recall of
   ``harm >= harm.threshold`` against the ``harmful`` labels.
 
@@ -169,8 +171,12 @@ def main(argv: list[str] | None = None) -> None:
         d = cfg.to_dict()
         gated = apply_gate(frame, gate_settings(d), tuple(cfg.limits.injection_patterns))
         decisions = [None if pd.isna(x) else x for x in gated["reject_reason"]]
-        decisions_by_profile[name] = decisions
-        result["profiles"][name] = {"objective": cfg.curation.objective, **evaluate(rows, decisions)}
+        # the job never curates an original the safety screen flags: its candidates are never made
+        screened = [refs[(r["query"], r["original"])]["harm"] >= cfg.harm.threshold for r in rows]
+        job = ["screened_original" if s else dec for s, dec in zip(screened, decisions)]
+        decisions_by_profile[name] = job
+        result["profiles"][name] = {"objective": cfg.curation.objective, "gate_alone": evaluate(rows, decisions),
+                                    "with_screen": evaluate(rows, job)}
 
     threshold = profiles[next(iter(profiles))].harm.threshold
     result["harm_check"] = {

@@ -127,7 +127,7 @@ class GateConfig:
     safety_min_gain: float = 0.02
     meta_patterns: tuple[str, ...] = ()  # extra regexes that mark meta-text
     # content retention: ppl(original | query, candidate) / ppl(original | query) must not exceed this
-    max_retention: float | None = 0.8
+    max_retention: float | None = 0.6
     answer_form: bool = True  # reject question-form answers, restated queries, dropped or added refusals
     max_question_share: float = 0.5  # share of question sentences that makes a text a question
 

@@ -57,3 +57,11 @@ def scoring_context(tokenizer, query: str) -> str:
             [{"role": "user", "content": query}], tokenize=False, add_generation_prompt=True
         )
     return f"{query}\n"
+
+
+def background_query(background: str, query: str) -> str:
+    """A user turn that gives ``background`` text before the query (for the retention score).
+
+    The background is corpus-derived, so delimiter look-alikes in it are neutralised.
+    """
+    return f"Background: {neutralize(background.strip())}\n\n{query}"

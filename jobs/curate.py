@@ -47,8 +47,8 @@ class ProgressPrinter:
             if ev["resume_after_round"] >= 0:
                 msg += f": resuming after round {ev['resume_after_round']}"
         elif kind == "prepared":
-            msg = (f"input {ev['input_rows']} rows, valid {ev['valid_rows']}, selected {ev['selected_rows']} "
-                   f"[{ev['seconds']:.1f}s]")
+            msg = (f"input {ev['input_rows']} rows, valid {ev['valid_rows']}, flagged unsafe by the screen "
+                   f"{ev.get('unsafe_rows', 0)}, selected {ev['selected_rows']} [{ev['seconds']:.1f}s]")
         elif kind == "round_start":
             self.rounds = ev["rounds"]
             msg = f"round {ev['round']}/{ev['rounds']} started"
@@ -67,7 +67,8 @@ class ProgressPrinter:
         elif kind == "stopped":
             msg = f"stopped after round {ev['round']} as asked; rerun the same command to resume"
         elif kind == "complete":
-            msg = (f"complete: {ev['curated_rows']} curated ({ev['improved_rows']} improved), "
+            msg = (f"complete: {ev['curated_rows']} curated ({ev['improved_rows']} improved, the rest kept their "
+                   "original), "
                    f"{ev['quarantined_rows']} quarantined, {ev['mix_rows']} rows in mix [{el:.0f}s]")
         else:
             return

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 
-def report_data(spark, out: str, run_id: str | None = None) -> dict:
+def report_data(spark, out: str, run_id: str | None = None, reader_sample: int = 10) -> dict:
     """The numbers behind the report, as small pandas frames (collected aggregates only)."""
     from pyspark.sql import functions as F
 
@@ -39,11 +39,22 @@ def report_data(spark, out: str, run_id: str | None = None) -> dict:
                 .select("doc_id", "query", "response_original", "response_curated", "ppl_original", "ppl_curated")
                 .limit(5).toPandas())
     quarantine = t("quarantine").where(where).groupBy("stage", "reason").count().orderBy("stage", "reason").toPandas()
+    # the reader's view: a seeded random sample of revisions that replaced their original, side by side
+    reader = (curated.where("improved").orderBy(F.sha2(F.concat(F.lit("reader:"), F.col("doc_id")), 256))
+              .select("doc_id", "query", "response_original", "response_curated", "retention", "harm_curated")
+              .limit(reader_sample).toPandas())
+    outcomes = (curated.select(F.when(F.col("improved"), F.lit("revised"))
+                               .otherwise(F.concat(F.lit("kept original: "), F.col("kept_reason"))).alias("outcome"))
+                .groupBy("outcome").count().orderBy(F.desc("count")).toPandas())
+    kept = (curated.where("NOT improved").select("doc_id", "query", "kept_reason", "rejections")
+            .orderBy("doc_id").toPandas())
+    screened = t("docs").where(where & F.col("unsafe")).count()
     total_seconds = float(stats.seconds.sum()) if len(stats) else 0.0
     tokens = int(stats.gen_tokens.sum() + stats.scored_tokens.sum()) if len(stats) else 0
     return {
         "run": run, "run_id": run_id, "ppl": ppl, "gate": gate, "median": median, "stats": stats,
-        "examples": examples, "quarantine": quarantine,
+        "examples": examples, "quarantine": quarantine, "reader": reader, "outcomes": outcomes, "kept": kept,
+        "screened": screened,
         "throughput": {
             "seconds": total_seconds,
             "selected_docs_per_s": (float(run.selected_rows or 0) / total_seconds) if total_seconds else 0.0,
@@ -154,8 +165,17 @@ def write_report(data: dict, folder: Path, timings: dict | None = None) -> Path:
         f"<p>throughput: {tp['selected_docs_per_s']:.3f} selected documents/s, {tp['tokens_per_s']:.1f} tokens/s "
         f"({tp['gen_tokens']} generated, {tp['scored_tokens']} scored) over {tp['seconds']:.1f}s of rounds.</p>",
         "".join(f"<img src='{f}' alt='{n}'>" for n, f in figs.items()),
+        "<h2>What a reader gets</h2>",
+        f"<p>{len(ppl)} curated documents: {improved} revised, {len(ppl) - improved} kept their original "
+        f"(reasons below). {data['screened']} valid originals were flagged unsafe by the safety screen and never "
+        "curated. A revision replaces an original only when it passed every gate rule: no harm, still an answer, "
+        "no meta-text or echo, carries the original's content (retention) and stays on topic.</p>",
+        _table(data["outcomes"]),
+        "<h3>Revisions side by side (seeded random sample)</h3>",
+        _table(data["reader"]) if len(data["reader"]) else "<p>No revision replaced its original in this run.</p>",
+        "<h3>Documents that kept their original</h3>", _table(data["kept"]),
         "<h2>Rounds</h2>", _table(data["stats"].drop(columns=["run_id"])),
-        "<h2>Gate decisions</h2>", _table(data["gate"]),
+        "<h2>Gate decisions (rejections per rule)</h2>", _table(data["gate"]),
         "<h2>Quarantine</h2>", _table(data["quarantine"]),
         "<h2>Examples (largest perplexity drop)</h2>", _table(data["examples"]),
     ]

@@ -51,7 +51,10 @@ ROUNDS = StructType([
     _s("similarity", DoubleType()),
     _s("safety", DoubleType()),
     _s("harm", DoubleType()),  # probability the answer is harmful (harm head); null without one
-    _s("retention", DoubleType()),  # ppl(original | query, candidate) / ppl(original | query); null for originals
+    # ppl(original | query, candidate) / ppl(original | query); null for originals and for candidates that an
+    # earlier gate rule already rejected (not measured)
+    _s("retention", DoubleType()),
+    # and for candidates an earlier gate rule already rejected (not measured)
     _s("length_ratio", DoubleType()),
     _s("repeat_ratio", DoubleType()),
     _s("compression_ratio", DoubleType()),

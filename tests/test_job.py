@@ -17,7 +17,7 @@ import pytest
 
 import jobdata
 from cleancurate import config as C
-from cleancurate.gate import apply_gate
+from cleancurate.gate import apply_gate, gate_settings
 from cleancurate.pipeline import curate
 from cleancurate.schemas import TABLES
 
@@ -137,11 +137,14 @@ def test_gate_decisions_match_the_configured_thresholds(spark, run):
     for col, src in (("ref_ppl", "ppl"), ("ref_readability", "readability"),
                      ("ref_helpfulness", "helpfulness"), ("ref_safety", "safety")):
         new[col] = new.doc_id.map(refs[src])
-    from cleancurate.udfs.quality import meta_text_reason
+    from cleancurate.udfs.quality import quality_batch
 
-    new["meta_text"] = [meta_text_reason(t or "") for t in new.text]
+    docs = table(spark, run.store.output.path, "docs").set_index("doc_id")
+    q = quality_batch(list(new.text.fillna("")), list(new.doc_id.map(docs.response)),
+                      queries=list(new.doc_id.map(docs["query"])))
+    new["meta_text"], new["form_fault"] = list(q.meta_text), list(q.form_fault)
     new["dup"] = False
-    gate = cfg.to_dict()["gate"]
+    gate = gate_settings(cfg.to_dict())
     recomputed = apply_gate(new, gate, cfg.limits.injection_patterns)
     def norm(x):
         return None if pd.isna(x) else x

@@ -87,3 +87,19 @@ def test_empty_response_gets_an_error_not_a_number(lm):
     got = score_batch(lm.model, lm.tokenizer, ["q", "What is 2+2?"], ["", "4"])
     assert got.error[0] == "empty response: nothing to score" and math.isnan(got.ppl[0])
     assert got.error[1] is None and got.ppl[1] > 0
+
+
+@pytest.mark.model
+def test_retention_is_low_when_the_candidate_carries_the_original_and_high_when_not(lm):
+    from cleancurate.udfs.perplexity import retention_batch
+
+    q = "When did the Berlin Wall fall?"
+    original = "The Berlin Wall fell on 9 November 1989, when East Germany opened its border crossings."
+    keeps = "East Germany opened the border crossings on 9 November 1989, and the Berlin Wall fell."
+    drops = "Walls are built for many reasons, and history has seen a great number of them."
+    out = retention_batch(lm.model, lm.tokenizer, [q, q, q], [keeps, drops, original], [original] * 3)
+    keep_r, drop_r, copy_r = out.retention
+    assert out.error.isna().all()
+    assert keep_r < 0.6 < drop_r
+    assert copy_r < keep_r  # a verbatim copy explains the original best: retention alone is not enough
+

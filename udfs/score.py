@@ -49,6 +49,24 @@ def harm_head(cfg: dict):
     return _HEADS[text]
 
 
+def _may_pass(q: pd.Series, e: pd.Series, g: dict) -> bool:
+    """False when a text-level gate rule that runs before ``retention`` already rejects the candidate.
+
+    Only rules the gate checks earlier are consulted (meta-text and echoes, answer form,
+    length ratio, similarity), so skipping the retention pass never changes a decision.
+    """
+    if isinstance(q.meta_text, str) and q.meta_text:
+        return False
+    if g.get("answer_form", True) and isinstance(q.form_fault, str) and q.form_fault:
+        return False
+    lr = q.length_ratio
+    if (g.get("length_ratio_min") is not None and lr < g["length_ratio_min"]) or (
+            g.get("length_ratio_max") is not None and lr > g["length_ratio_max"]):
+        return False
+    sim = e.similarity
+    return not (g.get("min_similarity") is not None and sim == sim and sim < g["min_similarity"])
+
+
 def score_candidates(
     lm, encoder, judge, queries, texts, originals, *, strip: bool, cfg: dict,
 ) -> pd.DataFrame:
@@ -73,12 +91,17 @@ def score_candidates(
     score_kw = dict(token_budget=r["token_budget"], max_context=cfg["model"].get("max_context"),
                     stride=r["score_stride"])
     p = score_batch(lm.model, lm.tokenizer, queries, clean, **score_kw)
-    if strip and g.get("max_retention") is not None:
-        ret = retention_batch(lm.model, lm.tokenizer, queries, clean, originals, **score_kw)
-    else:  # originals, or the rule is off: nothing to measure
-        ret = pd.DataFrame({"retention": [float("nan")] * len(clean), "error": [None] * len(clean)})
     e = embed_scores_batch(encoder.model, encoder.tokenizer, queries, clean, originals, g["safety_anchor"],
                            m["helpful_anchor"], m["unhelpful_anchor"], harm_head=harm_head(cfg))
+    ret = pd.DataFrame({"retention": [float("nan")] * len(clean), "error": [None] * len(clean)})
+    if strip and g.get("max_retention") is not None:
+        # the second forward pass is spent only where no earlier gate rule already rejects the candidate
+        todo = [i for i in range(len(clean)) if _may_pass(q.iloc[i], e.iloc[i], g)]
+        if todo:
+            part = retention_batch(lm.model, lm.tokenizer, [queries[i] for i in todo], [clean[i] for i in todo],
+                                   [originals[i] for i in todo], **score_kw)
+            ret.loc[todo, "retention"] = part["retention"].to_numpy()
+            ret.loc[todo, "error"] = part["error"].to_numpy()
     if judge is not None:
         j = judge_batch(judge.model, judge.tokenizer, queries, clean, template=m["judge_prompt"],
                         rubrics=m["judge_rubrics"], min_digit_mass=m["judge_min_digit_mass"],
