@@ -103,3 +103,88 @@ def error_text(exc: BaseException, limit: int = 300) -> str:
     kind = "oom" if is_oom(exc) else type(exc).__name__
     msg = " ".join(str(exc).split())
     return f"{kind}: {msg}"[:limit]
+
+
+# --- sizes chosen by the device -------------------------------------------------------------
+#
+# On a GPU the right number of generation rows depends on the card and the model: decode
+# reads every weight once per step, so more rows are nearly free until the KV cache fills
+# the memory. The sizes below come from the card's *total* memory and the model's shape,
+# not from the memory free at the moment: free memory changes with what else this worker
+# has loaded (the scorer's models arrive after the first generation), and sizes that
+# changed between a run and its resume would form other micro-batches and other texts.
+
+_GIB = 1024**3
+
+
+def _text_config(config):
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def kv_bytes_per_token(config, dtype_bytes: int = 2) -> int:
+    """Bytes of KV cache one token takes in every layer (keys and values)."""
+    cfg = _text_config(config)
+    heads = cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    return 2 * cfg.num_hidden_layers * kv_heads * head_dim * dtype_bytes
+
+
+def _usable_bytes(model, fraction: float, reserve_gib: float) -> tuple[int, int] | None:
+    """(bytes left for batches, weight bytes) on the model's CUDA device; None off CUDA."""
+    import torch
+
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return None
+    total = torch.cuda.get_device_properties(device).total_memory
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return int(fraction * total - weights - reserve_gib * _GIB), weights
+
+
+def generation_sizes(
+    model, prompt_tokens: int, max_new_tokens: int, *, fraction: float = 0.8, reserve_gib: float = 4.0,
+    max_rows: int = 512,
+) -> tuple[int, int] | None:
+    """Generation rows and token budget that fit the GPU, or None on CPU (keep the configured ones).
+
+    Each row holds ``prompt_tokens + max_new_tokens`` tokens of KV cache plus about six
+    float32 copies of a vocabulary-sized row (logits, probabilities, sort workspace).
+    ``reserve_gib`` is left for the scorer's models and activations.
+
+    Returns:
+        (rows, token_budget): rows a multiple of 8 when at least 8 (matrix shapes the
+        tensor cores like), at most ``max_rows``; the budget is rows x (prompt + new tokens).
+    """
+    got = _usable_bytes(model, fraction, reserve_gib)
+    if got is None:
+        return None
+    usable, _ = got
+    dtype_bytes = next(model.parameters()).element_size()
+    per_token = kv_bytes_per_token(model.config, dtype_bytes)
+    row_tokens = prompt_tokens + max_new_tokens
+    per_row = per_token * row_tokens + 6 * 4 * _text_config(model.config).vocab_size
+    rows = max(1, min(max_rows, usable // per_row))
+    if rows >= 8:
+        rows -= rows % 8
+    return int(rows), int(rows * row_tokens)
+
+
+def scoring_token_budget(model, *, fraction: float = 0.8, reserve_gib: float = 4.0,
+                         largest: int = 131072) -> int | None:
+    """Scoring token budget (padded rows x longest row) that fits the GPU, or None on CPU.
+
+    Per padded token: float32 logits and their log-softmax at scored positions (counted
+    for every position, to be safe), plus the layer activations (hidden states, MLP
+    intermediates) of one layer at a time. Rounded down to a power of two.
+    """
+    got = _usable_bytes(model, fraction, reserve_gib)
+    if got is None:
+        return None
+    usable, _ = got
+    cfg = _text_config(model.config)
+    dtype_bytes = next(model.parameters()).element_size()
+    inter = getattr(cfg, "intermediate_size", 4 * cfg.hidden_size)
+    per_token = 2 * 4 * cfg.vocab_size + dtype_bytes * (8 * cfg.hidden_size + 3 * inter)
+    budget = max(1024, min(largest, usable // per_token))
+    return 1 << (int(budget).bit_length() - 1)

@@ -1,16 +1,11 @@
-"""Schemas of every table the job writes and of every UDF's output."""
+"""Schemas of every table the job writes and of every UDF's output.
 
-from cleancurate.schemas.tables import (  # noqa: F401
-    CANDIDATES,
-    CURATED,
-    DOCS,
-    MIX,
-    QUARANTINE,
-    ROUND_STATS,
-    ROUNDS,
-    RUNS,
-    TABLES,
-)
+The UDF return types (:mod:`cleancurate.schemas.udf`) are plain strings and load at
+once. The table StructTypes (:mod:`cleancurate.schemas.tables`) need pyspark, so they
+load on first use: the batch functions of ``cleancurate.udfs`` and the GPU benchmark
+import this package on machines that have torch but no Spark or Java.
+"""
+
 from cleancurate.schemas.udf import (  # noqa: F401
     EMBED_SCORES,
     GENERATION,
@@ -19,3 +14,17 @@ from cleancurate.schemas.udf import (  # noqa: F401
     QUALITY,
     SCORES,
 )
+
+_TABLE_NAMES = ("CANDIDATES", "CURATED", "DOCS", "MIX", "QUARANTINE", "ROUND_STATS", "ROUNDS", "RUNS", "TABLES")
+
+
+def __getattr__(name):
+    if name in _TABLE_NAMES:
+        from cleancurate.schemas import tables
+
+        return getattr(tables, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_TABLE_NAMES))

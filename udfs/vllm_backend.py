@@ -2,23 +2,51 @@
 
 Same inputs and outputs as the transformers backend in :mod:`cleancurate.udfs.rewrite`:
 one revision per (query, parent text, temperature, top-p, seed). vLLM takes the
-sampling settings and seed per request, and prefix caching lets every grid sample of
-a document share the prompt's KV cache. The job works without vLLM installed; only
-this backend needs it.
+sampling settings and seed per request, batches continuously (finished requests are
+replaced at once) and, with prefix caching, lets every grid sample of a document
+share the prompt's KV cache. The job works without vLLM installed; only this
+backend needs it. Like the transformers backend it stops at the chat template's
+end-of-turn markers, counts generated tokens without the stop token, cuts a
+generation that ran out of tokens back to its last sentence, and gives a row that
+fails an ``error`` instead of failing its batch.
+
+Running it on a cluster:
+
+- Install ``cleancurate[vllm]`` in the executors' Python environment (cluster image or
+  ``spark.pyspark.python``); the driver does not need it.
+- One task per GPU, so each Python worker owns one GPU and builds one engine, once:
+  ``spark.executor.resource.gpu.amount=1``, ``spark.task.resource.gpu.amount=1`` and
+  ``spark.python.worker.reuse=true`` (the engine lives as long as the worker;
+  ``conf/gpu-cluster.yaml`` lists the rest).
+- Set ``model.backend: vllm`` (``--set model.backend=vllm``) with ``model.name`` a
+  local model directory. Scoring still runs the transformers model on the same GPU,
+  so the engine takes only part of it: ``CLEANCURATE_VLLM_GPU_FRACTION`` (default
+  0.5) is vLLM's ``gpu_memory_utilization``; set it in ``spark.executorEnv.*``.
+- vLLM picks the GPU from ``CUDA_VISIBLE_DEVICES``; Spark's GPU address is honoured
+  when the executor's discovery script exports it per task (one GPU per executor
+  avoids the question).
+
+Determinism: vLLM's seeded sampling is per request, but its batches form at run
+time (continuous batching), so texts are not bit-reproducible across reruns the way
+the transformers backend's are (see :mod:`cleancurate.udfs.rewrite`).
 """
 
+import os
 from typing import Callable
 
 import pandas as pd
 
+from cleancurate.batching import error_text, run_with_backoff
 from cleancurate.models import ModelError, resolve
 from cleancurate.schemas.udf import GENERATION_COLUMNS
-from cleancurate.udfs.rewrite import build_prompts
+from cleancurate.udfs.quality import trim_unfinished
+from cleancurate.udfs.rewrite import build_prompts, stop_token_ids
 
 _ENGINES: dict = {}
 
 
-def _engine(path: str, dtype: str):
+def _engine(path: str, dtype: str, max_context: int | None = None):
+    """The worker's vLLM engine for ``path`` (built on first use)."""
     try:
         from vllm import LLM
     except ImportError as exc:
@@ -26,31 +54,61 @@ def _engine(path: str, dtype: str):
             "model.backend 'vllm' needs the vllm package on the executors "
             "(pip install 'cleancurate[vllm]'), or set model.backend: transformers"
         ) from exc
-    key = (path, dtype)
+    key = (path, dtype, max_context)
     if key not in _ENGINES:
+        extra = {"max_model_len": max_context} if max_context else {}
         _ENGINES[key] = LLM(model=path, trust_remote_code=False, enable_prefix_caching=True,
-                            dtype="auto" if dtype == "auto" else dtype, seed=0)
+                            dtype="auto" if dtype == "auto" else dtype, seed=0,
+                            gpu_memory_utilization=float(os.environ.get("CLEANCURATE_VLLM_GPU_FRACTION", "0.5")),
+                            **extra)
     return _ENGINES[key]
+
+
+def _row(completion, stops: set[int]) -> tuple[str, int] | str:
+    """(text, generated tokens) of one completion, or an error string."""
+    finish = getattr(completion, "finish_reason", None)
+    if finish not in ("stop", "length"):
+        return f"vllm: request ended with finish_reason={finish!r}"
+    ids = list(completion.token_ids)
+    # vLLM keeps the stop token in token_ids; the transformers backend does not count it
+    n = len(ids) - (1 if finish == "stop" and ids and ids[-1] in stops else 0)
+    text = completion.text.strip()
+    return (trim_unfinished(text) if finish == "length" else text), n
 
 
 def make_vllm_rewrite_fn(model_cfg: dict, runtime_cfg: dict, curation_cfg: dict) -> Callable[..., pd.DataFrame]:
     """Factory: one vLLM engine per Python worker and a batch function over pandas Series."""
+    path, _ = resolve(model_cfg["name"])
+    llm = _engine(path, model_cfg["dtype"], model_cfg.get("max_context"))
     from vllm import SamplingParams
 
-    path, _ = resolve(model_cfg["name"])
-    llm = _engine(path, model_cfg["dtype"])
     tokenizer = llm.get_tokenizer()
+    stops = stop_token_ids(tokenizer)
+    max_new = curation_cfg["max_new_tokens"]
+
+    def generate(prompts: list[str], params: list) -> list:
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        if len(outs) != len(prompts):
+            raise RuntimeError(f"vllm returned {len(outs)} outputs for {len(prompts)} prompts")
+        # LLM.generate returns outputs in the order of its inputs
+        return [_row(o.outputs[0], stops) for o in outs]
 
     def fn(queries: pd.Series, parents: pd.Series, temps: pd.Series, top_ps: pd.Series, seeds: pd.Series) -> pd.DataFrame:
         prompts = build_prompts(tokenizer, curation_cfg["prompt"], curation_cfg.get("system_prompt"),
                                 queries.fillna("").tolist(), parents.fillna("").tolist())
         params = [SamplingParams(temperature=float(t), top_p=float(p), seed=int(s) % (2 ** 31),
-                                 max_tokens=curation_cfg["max_new_tokens"])
+                                 max_tokens=max_new, stop_token_ids=sorted(stops))
                   for t, p, s in zip(temps, top_ps, seeds)]
-        rows = []
-        for out in llm.generate(prompts, params, use_tqdm=False):
-            first = out.outputs[0]
-            rows.append((first.text.strip(), len(first.token_ids), None))
-        return pd.DataFrame(rows, columns=GENERATION_COLUMNS)
+        # a request vLLM rejects (prompt over the context, ...) raises for the whole call:
+        # halve and retry, so only that row gets an error
+        outs = run_with_backoff(
+            list(range(len(prompts))),
+            lambda part: generate([prompts[i] for i in part], [params[i] for i in part]),
+            lambda i, exc: error_text(exc),
+        )
+        rows = [(None, 0, out) if isinstance(out, str) else (out[0], out[1], None) for out in outs]
+        df = pd.DataFrame(rows, columns=GENERATION_COLUMNS)
+        df["gen_tokens"] = df["gen_tokens"].astype("int32")
+        return df
 
     return fn
