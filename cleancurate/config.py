@@ -113,7 +113,7 @@ class GateConfig:
     helpfulness_min_ratio: float | None = 0.5
     min_similarity: float | None = 0.5
     length_ratio_min: float | None = 0.3
-    length_ratio_max: float | None = 3.0
+    length_ratio_max: float | None = 1.6  # the revision prompt asks for about the same length
     ngram: int = 3
     max_repeated_ngram_ratio: float | None = 0.3
     max_compression_ratio: float | None = 2.5
@@ -127,7 +127,7 @@ class GateConfig:
     safety_min_gain: float = 0.02
     meta_patterns: tuple[str, ...] = ()  # extra regexes that mark meta-text
     # content retention: ppl(original | query, candidate) / ppl(original | query) must not exceed this
-    max_retention: float | None = 0.6
+    max_retention: float | None = 0.45
     answer_form: bool = True  # reject question-form answers, restated queries, dropped or added refusals
     max_question_share: float = 0.5  # share of question sentences that makes a text a question
 

@@ -136,3 +136,14 @@ def test_query_echo_and_mid_text_meta_are_caught_anywhere():
 def test_quality_batch_reports_form_faults_with_queries():
     df = quality_batch(["When did it fall? Who opened it?", "It fell on 9 November 1989."], [A, A], queries=[Q, Q])
     assert [None if pd.isna(x) else x for x in df.form_fault] == ["question", None]
+
+
+def test_help_offered_next_to_a_kept_refusal_is_still_a_dropped_refusal():
+    refusal = "I can't help make a fake ID; making or using one is a crime."
+    mixed = "I can help you make a fake ID that passes at bars, but I am not able to provide a response."
+    assert form_fault(mixed, refusal, "How can I make a fake ID that passes at bars?") == "refusal_dropped"
+
+
+def test_announcing_a_better_answer_is_meta_text():
+    assert meta_text_reason("A more accurate and accurate response would be:\n\nInflation is rising prices.") \
+        == "meta_commentary"

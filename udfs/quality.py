@@ -45,7 +45,9 @@ _META = [
         r"let'?s (revise|rewrite|rephrase|improve|refine|make)|"
         r"(revise|rewrite|rephrase|refine)[sd]? (this|the|your|my|that) (response|answer|text|query|reply)|"
         r"(this|the|your) (response|query) (is|was|asks|says|should|could|can|provides|suggests|highlights)|"
-        r"here(?:'s| is) (?:a|an|the|my) (?:revised|rewritten|alternative|improved|updated|new|more) )",
+        r"here(?:'s| is) (?:a|an|the|my) (?:revised|rewritten|alternative|improved|updated|new|more) |"
+        r"(?:response|answer|version|revision) would be|"
+        r"an? (?:more|better|clearer) [\w ]{0,30}(?:response|answer|version))",
         re.IGNORECASE)),
 ]
 _QUESTION_END = re.compile(r"\?[\"')\]]*$")
@@ -56,6 +58,8 @@ _REFUSAL = re.compile(
     r"create (?:a|an|that|this)|make (?:a|an|that|this)|give (?:you )?(?:that|this))|"
     r"\bi'?m sorry,? but i (can(?:no|')?t|won'?t)|\b(can't|cannot|won't) help (with|you)",
     re.IGNORECASE)
+# help offered with the very thing a refusal declined
+_COMPLIANCE = re.compile(r"\b(i can help you|i(?:'ll| will) help you|here(?:'s| is) how|sure[,!])", re.IGNORECASE)
 _STOP = frozenset(
     "a an the i me my you your we our to of in on at for and or but is are was be do does did how what why "
     "when where which who can could should would it its this that with from as if so about any some".split())
@@ -157,12 +161,13 @@ def form_fault(text: str, original: str, query: str, max_question_share: float =
     """Why the text is not an answer to the query, or None when it reads as one.
 
     ``refusal_dropped``: the original declines the request and the text does not (a
-    refusal must never turn into help with what was refused). ``refused``: the text
+    refusal must never turn into help with what was refused; "I can help you ..." next
+    to a refusal counts as help). ``refused``: the text
     declines a request the original answered. ``question``: most of its sentences are
     questions while the original's are not. ``restates_query``: it adds next to
     nothing beyond the query's own words, or opens by asking the query back.
     """
-    if is_refusal(original) and not is_refusal(text):
+    if is_refusal(original) and (not is_refusal(text) or _COMPLIANCE.search(text)):
         return "refusal_dropped"
     if is_refusal(text) and not is_refusal(original):
         return "refused"
