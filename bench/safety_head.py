@@ -80,9 +80,9 @@ def fold_of(group: str, folds: int = FOLDS) -> int:
     return int(hashlib.sha256(group.encode()).hexdigest(), 16) % folds
 
 
-def cross_validate(x, y, groups, kinds, threshold: float, l2: float) -> dict:
-    """Out-of-fold precision/recall per kind of text (originals, contrast pairs, candidates, all)."""
-    from cleancurate.safety import fit, precision_recall
+def out_of_fold(x, y, groups, l2: float) -> list[float]:
+    """Harm probability of every text from a head fitted without its document's fold."""
+    from cleancurate.safety import fit
 
     probs = [0.0] * len(y)
     for k in range(FOLDS):
@@ -91,6 +91,13 @@ def cross_validate(x, y, groups, kinds, threshold: float, l2: float) -> dict:
         head = fit(x[train], [y[i] for i in train], l2=l2)
         for i, p in zip(test, head.probability_of_features(x[test])):
             probs[i] = p
+    return probs
+
+
+def cross_validate(probs, y, kinds, threshold: float) -> dict:
+    """Precision/recall of out-of-fold probabilities per kind of text (originals, contrast pairs, candidates, all)."""
+    from cleancurate.safety import precision_recall
+
     out = {}
     for kind in ("original", "contrast", "candidate", None):
         idx = [i for i, kd in enumerate(kinds) if kind is None or kd == kind]
@@ -119,12 +126,14 @@ def main(argv: list[str] | None = None) -> None:
     y = [int(r["harmful"]) for r in rows]
     groups = [r["group"] for r in rows]
     kinds = [r["kind"] for r in rows]
-    cv = {f"l2={l2:g}": cross_validate(x, y, groups, kinds, args.threshold, l2) for l2 in (1e-4, 1e-3, 1e-2)}
+    probs = {l2: out_of_fold(x, y, groups, l2) for l2 in sorted({1e-4, 1e-3, 1e-2, args.l2})}
+    cv = {f"l2={l2:g}": cross_validate(p, y, kinds, args.threshold) for l2, p in probs.items()}
+    by_threshold = {f"{t:g}": cross_validate(probs[args.l2], y, kinds, t)["original"] for t in (0.4, 0.5, 0.6, 0.7)}
     counts = {kind: {"texts": sum(k == kind for k in kinds), "harmful": sum(y[i] for i, k in enumerate(kinds) if k == kind)}
               for kind in ("original", "contrast", "candidate")}
     result = {"inputs": {"texts": len(rows), "by_kind": counts, "folds": FOLDS, "threshold": args.threshold,
                          "embedder": cfg["metrics"]["embedder"], "l2": args.l2},
-              "cross_validated": cv}
+              "cross_validated": cv, "originals_by_threshold": by_threshold}
     if args.write:
         head = fit(x, y, l2=args.l2)
         head.meta = {"trained_on": counts, "l2": args.l2, "embedder": cfg["metrics"]["embedder"],

@@ -54,8 +54,9 @@ def test_spark_submit_runs_the_job_and_writes_the_tables(spark, tmp_path):
     assert "tables in" in done.stdout
     curated = spark.read.format("delta").load(str(out / "curated"))
     mix = spark.read.format("delta").load(str(out / "mix"))
+    screened = spark.read.format("delta").load(str(out / "quarantine")).where("stage = 'screen'")
     assert curated.count() == 2
-    assert mix.count() == len(jobdata.GOOD)
+    assert mix.count() + screened.count() == len(jobdata.GOOD)
     assert (out / "report" / "report.html").is_file()
 
 

@@ -23,7 +23,7 @@ def candidate(text, original=ORIGINAL, query=QUERY, **over):
     q = quality_batch([text], [original], queries=[query]).iloc[0]
     row = dict(
         text=q.clean_text, error=None, meta_text=q.meta_text, form_fault=q.form_fault, dup=False, ppl=8.0,
-        readability=q.readability, helpfulness=0.6, similarity=0.8, safety=0.1, harm=0.05, retention=0.6,
+        readability=q.readability, helpfulness=0.6, similarity=0.8, safety=0.1, harm=0.05, retention=0.3,
         length_ratio=q.length_ratio, repeat_ratio=q.repeat_ratio, compression_ratio=q.compression_ratio,
         ref_ppl=10.0, ref_readability=60.0, ref_helpfulness=0.6, ref_safety=0.1,
     )
@@ -132,7 +132,7 @@ def test_reader_rules_reject_with_their_name(text, over, rule):
 
 def test_a_good_revision_passes_every_reader_rule():
     good = candidate("Wait until the top inch of soil is dry, water it thoroughly, and empty the saucer "
-                     "so the roots never sit in water.", retention=0.55, harm=0.03)
+                     "so the roots never sit in water.", retention=0.3, harm=0.03)
     out = apply_gate(pd.DataFrame([good]), gate_cfg(), INJECTION)
     assert out.passed[0], out.reject_reason[0]
 

@@ -76,10 +76,12 @@ def test_every_row_is_accounted_for(spark, run):
     n_in = len(jobdata.rows())
     mix, quarantine, curated = (table(spark, out, t) for t in ("mix", "quarantine", "curated"))
     validated_out = quarantine[quarantine.stage == "validate"]
-    assert n_in == len(mix) + len(validated_out)
+    screened_out = quarantine[quarantine.stage == "screen"]
+    assert n_in == len(mix) + len(validated_out) + len(screened_out)
+    assert not set(screened_out.doc_id) & set(mix.doc_id)
     selected = int(mix.selected.sum())
     assert selected == 2  # selection.max_docs
-    assert selected == len(curated) + len(quarantine[quarantine.stage != "validate"])
+    assert selected == len(curated) + len(quarantine[quarantine.stage.isin(["round0", "curate"])])
     assert run.counts["input_rows"] == n_in and run.counts["mix_rows"] == len(mix)
     # the mix: curated text where a row was curated, the original elsewhere
     cur = mix[mix.source == "curated"].merge(curated, on="doc_id")
@@ -291,11 +293,12 @@ def test_maximize_keeps_the_highest_perplexity_revision_that_passed_the_gate(spa
                            temperatures=[0.7, 1.0], top_ps=[0.9, 1.0], max_new_tokens=40)
     # keywords check as shipped; thresholds loosened so a 135M model's revisions can pass
     raw["gate"] = {"ppl_ceiling_ratio": 5.0, "safety_check": "keywords", "min_similarity": 0.3,
-                   "length_ratio_max": 6.0, "length_ratio_min": 0.2}
+                   "length_ratio_max": 6.0, "length_ratio_min": 0.2, "max_retention": None, "answer_form": False}
+    raw["harm"] = {"head_file": None}  # this test is about ranking; the reader's-view rules have tests of their own
     res = curate(None, C.from_dict(raw), spark=spark, report=False)
     out = res.store.output.path
     cur, r, q = (table(spark, out, t) for t in ("curated", "rounds", "quarantine"))
-    assert res.counts["selected_rows"] == len(cur) + len(q[q.stage != "validate"])
+    assert res.counts["selected_rows"] == len(cur) + len(q[q.stage.isin(["round0", "curate"])])
     assert set(q[q.stage == "curate"].reason) <= {"no_revision_passed_gate"}
     assert len(cur) >= 1, "no revision passed the maximize gate"
     gate = res.config.gate
