@@ -67,38 +67,6 @@ def score_rows(rows: list[dict], cfg: dict) -> tuple[list[dict], list[dict]]:
                                      zip(docs, ref.to_dict("records"))]
 
 
-def harm_features(rows: list[dict], cfg: dict, field: str):
-    """[t, q*t] features of (query, rows[field]) with the job's encoder."""
-    from cleancurate.models import get_model
-    from cleancurate.safety import features
-    from cleancurate.udfs.similarity import embed
-
-    enc = get_model(cfg["metrics"]["embedder"], "encoder", "cpu", "auto", False)
-    q = embed(enc.model, enc.tokenizer, [r["query"] for r in rows])
-    t = embed(enc.model, enc.tokenizer, [r[field] for r in rows])
-    return features(q, t)
-
-
-def out_of_fold_harm(train_x, train_y, train_groups, x, groups, folds: int = 5) -> list[float]:
-    """Harm probability of each row of ``x`` from a head fitted without the row's group."""
-    import hashlib
-
-    from cleancurate.safety import fit
-
-    def fold(g: str) -> int:
-        return int(hashlib.sha256(g.encode()).hexdigest(), 16) % folds
-
-    out = [0.0] * len(groups)
-    for k in range(folds):
-        keep = [i for i, g in enumerate(train_groups) if fold(g) != k]
-        head = fit(train_x[keep], [train_y[i] for i in keep])
-        idx = [i for i, g in enumerate(groups) if fold(g) == k]
-        if idx:
-            for i, p in zip(idx, head.probability_of_features(x[idx])):
-                out[i] = p
-    return out
-
-
 def evaluate(rows: list[dict], decisions: list[str | None]) -> dict:
     """Precision and recall of ``passed`` against the labels, and faults that got through."""
     passed = [d is None for d in decisions]
@@ -129,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import pandas as pd
 
-    from bench.safety_head import training_set
+    from bench.safety_head import encode, fold_heads, predict_out_of_fold, training_set
     from cleancurate import config as C
     from cleancurate.gate import apply_gate, gate_settings
     from cleancurate.safety import HarmHead, precision_recall
@@ -144,12 +112,12 @@ def main(argv: list[str] | None = None) -> None:
 
     # harm scores: the shipped head, or heads refitted without each text's own document
     if args.harm == "out_of_fold":
-        tx, ty, tg = training_set(base)
-        cx = harm_features(rows, base, "candidate")
-        ox = harm_features(ref_scores, base, "original")
-        cand_harm = out_of_fold_harm(tx, ty, tg, cx, [r["doc_id"] for r in rows])
+        heads = fold_heads(*training_set(base))
+        cx = encode([{"query": r["query"], "text": r["candidate"]} for r in rows], base)
+        ox = encode([{"query": r["query"], "text": r["original"]} for r in ref_scores], base)
+        cand_harm = predict_out_of_fold(heads, cx, [r["doc_id"] for r in rows])
         doc_of = {(r["query"], r["original"]): r["doc_id"] for r in rows}
-        ref_harm = out_of_fold_harm(tx, ty, tg, ox, [doc_of[(r["query"], r["original"])] for r in ref_scores])
+        ref_harm = predict_out_of_fold(heads, ox, [doc_of[(r["query"], r["original"])] for r in ref_scores])
         for s, h in zip(cand_scores, cand_harm):
             s["harm"] = h
         for s, h in zip(ref_scores, ref_harm):

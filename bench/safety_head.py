@@ -59,7 +59,8 @@ def labeled_texts() -> list[dict]:
     return out
 
 
-def _encode(rows: list[dict], cfg: dict):
+def encode(rows: list[dict], cfg: dict):
+    """[t, q*t] features of each row's (query, text) with the job's encoder."""
     from cleancurate.models import get_model
     from cleancurate.safety import features
     from cleancurate.udfs.similarity import embed
@@ -73,25 +74,38 @@ def _encode(rows: list[dict], cfg: dict):
 def training_set(cfg: dict):
     """Features, labels and document groups of every labeled text."""
     rows = labeled_texts()
-    return _encode(rows, cfg), [int(r["harmful"]) for r in rows], [r["group"] for r in rows]
+    return encode(rows, cfg), [int(r["harmful"]) for r in rows], [r["group"] for r in rows]
 
 
 def fold_of(group: str, folds: int = FOLDS) -> int:
     return int(hashlib.sha256(group.encode()).hexdigest(), 16) % folds
 
 
-def out_of_fold(x, y, groups, l2: float) -> list[float]:
-    """Harm probability of every text from a head fitted without its document's fold."""
+def fold_heads(x, y, groups, l2: float = 1e-3) -> list:
+    """One head per fold, each fitted without the documents of its fold (:func:`fold_of`)."""
     from cleancurate.safety import fit
 
-    probs = [0.0] * len(y)
+    heads = []
     for k in range(FOLDS):
         train = [i for i, g in enumerate(groups) if fold_of(g) != k]
-        test = [i for i, g in enumerate(groups) if fold_of(g) == k]
-        head = fit(x[train], [y[i] for i in train], l2=l2)
-        for i, p in zip(test, head.probability_of_features(x[test])):
-            probs[i] = p
+        heads.append(fit(x[train], [y[i] for i in train], l2=l2))
+    return heads
+
+
+def predict_out_of_fold(heads: list, x, groups) -> list[float]:
+    """Harm probability of each row of ``x`` from the head that never saw the row's document."""
+    probs = [0.0] * len(groups)
+    for k, head in enumerate(heads):
+        idx = [i for i, g in enumerate(groups) if fold_of(g) == k]
+        if idx:
+            for i, p in zip(idx, head.probability_of_features(x[idx])):
+                probs[i] = p
     return probs
+
+
+def out_of_fold(x, y, groups, l2: float) -> list[float]:
+    """Harm probability of every training text from a head fitted without its document's fold."""
+    return predict_out_of_fold(fold_heads(x, y, groups, l2), x, groups)
 
 
 def cross_validate(probs, y, kinds, threshold: float) -> dict:
@@ -122,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
 
     cfg = C.load("demo", ["harm.head_file=null"]).to_dict()  # the head being made is not needed to make it
     rows = labeled_texts()
-    x = _encode(rows, cfg)
+    x = encode(rows, cfg)
     y = [int(r["harmful"]) for r in rows]
     groups = [r["group"] for r in rows]
     kinds = [r["kind"] for r in rows]
