@@ -49,22 +49,20 @@ def harm_head(cfg: dict):
     return _HEADS[text]
 
 
-def _may_pass(q: pd.Series, e: pd.Series, g: dict) -> bool:
-    """False when a text-level gate rule that runs before ``retention`` already rejects the candidate.
+def _may_pass(q: pd.Series, e: pd.Series, p: pd.Series, g: dict) -> bool:
+    """False when a gate rule that runs before ``retention`` already rejects the candidate.
 
-    Only rules the gate checks earlier are consulted (meta-text and echoes, answer form,
-    length ratio, similarity), so skipping the retention pass never changes a decision.
+    Asks the gate itself (:func:`cleancurate.gate.reject_reason`) with the retention not
+    yet measured: the gate fails closed on it, so ``"retention"`` means every earlier rule
+    passed and the measurement can change the decision. Rules whose inputs the scorer
+    does not have (injection, duplicate, the harm threshold) are left to the gate, so
+    skipping the pass never changes a decision.
     """
-    if isinstance(q.meta_text, str) and q.meta_text:
-        return False
-    if g.get("answer_form", True) and isinstance(q.form_fault, str) and q.form_fault:
-        return False
-    lr = q.length_ratio
-    if (g.get("length_ratio_min") is not None and lr < g["length_ratio_min"]) or (
-            g.get("length_ratio_max") is not None and lr > g["length_ratio_max"]):
-        return False
-    sim = e.similarity
-    return not (g.get("min_similarity") is not None and sim == sim and sim < g["min_similarity"])
+    from cleancurate.gate import reject_reason
+
+    row = {**q.to_dict(), "text": q.clean_text, "error": p.error or e.error, "dup": False,
+           "similarity": e.similarity, "harm": e.harm, "retention": float("nan")}
+    return reject_reason(row, {**g, "harm_threshold": None}, []) == "retention"
 
 
 def score_candidates(
@@ -96,7 +94,7 @@ def score_candidates(
     ret = pd.DataFrame({"retention": [float("nan")] * len(clean), "error": [None] * len(clean)})
     if strip and g.get("max_retention") is not None:
         # the second forward pass is spent only where no earlier gate rule already rejects the candidate
-        todo = [i for i in range(len(clean)) if _may_pass(q.iloc[i], e.iloc[i], g)]
+        todo = [i for i in range(len(clean)) if _may_pass(q.iloc[i], e.iloc[i], p.iloc[i], g)]
         if todo:
             part = retention_batch(lm.model, lm.tokenizer, [queries[i] for i in todo], [clean[i] for i in todo],
                                    [originals[i] for i in todo], **score_kw)
