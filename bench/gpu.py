@@ -165,14 +165,17 @@ def hf_generate(model, id_lists, max_new: int, device: str, static: bool):
         ids[r, longest - len(p):] = torch.tensor(p)
         mask[r, longest - len(p):] = 1
     kw = dict(cache_implementation="static") if static else {}
+    impl = model.config._attn_implementation
+    model.config._attn_implementation = "sdpa"  # transformers as shipped (generate_batch switches the model)
     with torch.inference_mode():
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
                              temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=max_new,
                              min_new_tokens=max_new, pad_token_id=0, **kw)
+    model.config._attn_implementation = impl
     return int((out.shape[1] - longest) * out.shape[0])
 
 
-def bench_generation(model, tokenizer, args, dev: dict, params: int, param_bytes: int) -> dict:
+def bench_generation(model, tokenizer, args, dev: dict, params: int, param_bytes: int, on_entry=None) -> dict:
     from cleancurate.batching import generation_sizes
     from cleancurate.udfs.rewrite import generate_batch
 
@@ -206,7 +209,7 @@ def bench_generation(model, tokenizer, args, dev: dict, params: int, param_bytes
                 "rerun_identical_texts": rerun_same,
             }
         for name, static in (("hf_generate", False), ("hf_generate_static", True)):
-            if name == "hf_generate_static" and args.no_hf_static:
+            if name == "hf_generate_static" and (args.no_hf_static or str(rows) not in args.hf_static_rows.split(",")):
                 continue
             try:
                 _, first = _timed(lambda: hf_generate(model, id_lists, args.max_new_tokens, args.device, static),
@@ -230,7 +233,54 @@ def bench_generation(model, tokenizer, args, dev: dict, params: int, param_bytes
         if dev["hbm_bytes_per_s"]:
             entry["weight_read_roofline_tokens_per_s"] = round(rows / (param_bytes / dev["hbm_bytes_per_s"]), 1)
         results[str(rows)] = entry
+        if on_entry:
+            on_entry(results)
     return results
+
+
+def probe_determinism(model, tokenizer, args, rows: int = 64, new: int = 16) -> dict:
+    """Which step of generation differs between two identical calls on this device.
+
+    The same 64 prompts twice each: prompt logits (bitwise), the sampler on fixed logits
+    with fresh generators, greedy decoding and sampled decoding (``dynamic``)."""
+    import torch
+
+    from cleancurate.udfs.rewrite import generate_batch, sample_next
+
+    prompts, id_lists, temps, tops, seeds = make_prompts(rows, args.samples_per_prompt, args.prompt_tokens,
+                                                         model.config.vocab_size, tokenizer, seed=7)
+    longest = max(len(i) for i in id_lists)
+    ids = torch.zeros((rows, longest), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, p in enumerate(id_lists):
+        ids[r, longest - len(p):] = torch.tensor(p)
+        mask[r, longest - len(p):] = 1
+    ids, mask = ids.to(args.device), mask.to(args.device)
+    out = {}
+    with torch.inference_mode():
+        a = model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits[:, -1].float()
+        b = model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits[:, -1].float()
+    out["prefill_logits_identical"] = bool(torch.equal(a, b))
+    out["prefill_logits_max_abs_diff"] = float((a - b).abs().max())
+
+    def gens():
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    t1 = sample_next(a, temps, tops, gens())
+    t2 = sample_next(a, temps, tops, gens())
+    out["sampler_identical_rows"] = int((t1 == t2).sum())
+    for name, tt in (("greedy", [0.0] * rows), ("sampled", temps)):
+        x = generate_batch(model, tokenizer, prompts, tt, tops, seeds, max_new_tokens=new, batch_size=rows,
+                           decode="dynamic")
+        y = generate_batch(model, tokenizer, prompts, tt, tops, seeds, max_new_tokens=new, batch_size=rows,
+                           decode="dynamic")
+        same = [p == q for p, q in zip(x["text"], y["text"])]
+        out[f"{name}_identical_rows"] = sum(same)
+        diverge = [next((i for i, (u, v) in enumerate(zip(p.split(), q.split())) if u != v), None)
+                   for p, q, s in zip(x["text"], y["text"], same) if not s]
+        out[f"{name}_first_differing_token"] = sorted(d for d in diverge if d is not None)[:10]
+    out["rows"] = rows
+    return out
 
 
 def free_generation_memory(model) -> None:
@@ -307,6 +357,22 @@ def bench_scoring(model, tokenizer, args, dev: dict, params: int) -> dict:
             run["mfu"] = round(2 * params * tokens / sec / dev["peak_bf16_flops"], 4)
         res["runs"][str(budget)] = run
         ref = df["ppl"].tolist()
+    if args.score_compile:
+        budget = auto or budgets[-1]
+        try:
+            _, first = _timed(lambda: score_batch(model, tokenizer, queries[:64], responses[:64], token_budget=budget,
+                                                  compile=True), args.device)
+            df, sec = _timed(lambda: score_batch(model, tokenizer, queries, responses, token_budget=budget,
+                                                 compile=True), args.device)
+            run = {"first_call_s": round(first, 2), "seconds": round(sec, 3), "tokens_per_s": round(tokens / sec, 1),
+                   "row_errors": int(df["error"].notna().sum()), "errors": df["error"].dropna().unique().tolist()[:2]}
+            if dev["peak_bf16_flops"]:
+                run["mfu"] = round(2 * params * tokens / sec / dev["peak_bf16_flops"], 4)
+            if ref:
+                run["ppl_max_rel_diff_vs_eager"] = round(max(abs(a - b) / b for a, b in zip(df["ppl"], ref)), 5)
+        except Exception as exc:  # noqa: BLE001
+            run = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        res["runs"][f"{budget}_compiled"] = run
     naive_scores(model, pairs[:16], args.device)  # warm-up
     naive, sec = _timed(lambda: naive_scores(model, pairs, args.device), args.device)
     res["naive_loop"] = {"seconds": round(sec, 3), "tokens_per_s": round(tokens / sec, 1)}
@@ -337,7 +403,13 @@ def main(argv=None) -> None:
     ap.add_argument("--budgets", default=None, help="scoring token budgets besides the automatic one")
     ap.add_argument("--logit-std", type=float, default=8.0)
     ap.add_argument("--no-hf-static", action="store_true", help="skip generate(cache_implementation='static')")
+    ap.add_argument("--hf-static-rows", default="64,256", help="row counts at which generate(static) runs too")
+    ap.add_argument("--scoring-first", action="store_true", help="measure scoring before generation")
+    ap.add_argument("--out", help="also write the JSON here, after every finished section (partial runs keep figures)")
     ap.add_argument("--skip-scoring", action="store_true")
+    ap.add_argument("--no-score-compile", dest="score_compile", action="store_false",
+                    help="skip scoring with the body compiled (dynamic shapes; ~100 s first call on an H100)")
+    ap.add_argument("--probe", action="store_true", help="first check run-to-run determinism on the device")
     ap.add_argument("--threads", type=int, default=1, help="torch threads on CPU (--tiny); see bench/README.md")
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--hbm-tbs", type=float, default=None)
@@ -388,13 +460,33 @@ def main(argv=None) -> None:
         "model_build_s": round(build_s, 2), "tokenizer": args.tokenizer or "synthetic ids",
         "logit_std": args.logit_std,
     }
-    out["generation"] = bench_generation(model, tokenizer, args, dev, params, param_bytes)
-    free_generation_memory(model)
-    if not args.skip_scoring:
-        out["scoring"] = bench_scoring(model, tokenizer, args, dev, params)
     out["environment"] = {"python": platform.python_version(), "torch": torch.__version__,
-                          "transformers": transformers.__version__, "cuda": torch.version.cuda,
-                          "pyspark_loaded": "pyspark" in sys.modules}
+                          "transformers": transformers.__version__, "cuda": torch.version.cuda}
+
+    def save(section=None, value=None):
+        if section:
+            out[section] = value
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(out, f, indent=2)
+
+    def scoring():
+        if not args.skip_scoring:
+            save("scoring", bench_scoring(model, tokenizer, args, dev, params))
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    if args.probe:
+        save("determinism", probe_determinism(model, tokenizer, args))
+    if args.scoring_first:
+        scoring()
+    save("generation", bench_generation(model, tokenizer, args, dev, params, param_bytes,
+                                        on_entry=lambda r: save("generation", r)))
+    free_generation_memory(model)
+    if not args.scoring_first:
+        scoring()
+    out["environment"]["pyspark_loaded"] = "pyspark" in sys.modules
+    save()
     print(json.dumps(out, indent=2))
 
 

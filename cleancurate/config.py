@@ -162,10 +162,11 @@ class LimitsConfig:
 class RuntimeConfig:
     """Batching and parallelism; does not change results beyond float rounding."""
 
-    token_budget: int = 1024
+    token_budget: int | None = 1024  # None: scoring budget from the GPU's memory (CPU: 1024)
     arrow_batch_rows: int = 64
     gen_batch_size: int | None = 16  # None: rows and token budget from the GPU's memory (CPU: 16)
     score_stride: int = 512
+    score_compile: bool | None = None  # None: scoring body compiled on CUDA, eager on CPU
     partitions: int | None = None  # None: Spark's default parallelism
     num_threads: int | None = None  # torch threads per Python worker (CPU)
 
@@ -382,7 +383,7 @@ def _validate(cfg: Config) -> None:
         (all(0.0 < p <= 1.0 for p in c.top_ps), f"curation.top_ps must be in (0, 1], got {list(c.top_ps)}"),
         (c.stop_tolerance >= 0, "curation.stop_tolerance must be >= 0"),
         (c.max_candidates_per_round >= 1, "curation.max_candidates_per_round must be >= 1"),
-        (r.token_budget >= 16, f"runtime.token_budget must be >= 16, got {r.token_budget}"),
+        (r.token_budget is None or r.token_budget >= 16, f"runtime.token_budget must be >= 16 or null (auto), got {r.token_budget}"),
         (r.arrow_batch_rows >= 1, "runtime.arrow_batch_rows must be >= 1"),
         (r.gen_batch_size is None or r.gen_batch_size >= 1, "runtime.gen_batch_size must be >= 1 or null (auto)"),
         (r.score_stride >= 1, "runtime.score_stride must be >= 1"),

@@ -241,6 +241,36 @@ def test_unknown_decode_mode_is_an_error(tiny_llama):
         generate_batch(tiny_llama, CharTokenizer(), ["p"], [1.0], [1.0], [1], max_new_tokens=2, decode="fast")
 
 
+def _decode_step_logits(model, ids, mask):
+    """Logits of one decode step after a left-padded prefill (a mask in every call)."""
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values if hasattr(out, "past_key_values") else out.cache
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        mask2 = torch.cat([mask, torch.ones_like(nxt)], dim=1)
+        kw = {"cache" if "cache" in __import__("inspect").signature(model.forward).parameters else "past_key_values": cache}
+        return model(input_ids=nxt, attention_mask=mask2, use_cache=True, logits_to_keep=1, **kw).logits[:, -1]
+
+
+def test_grouped_query_decode_attention_gives_the_sdpa_logits(tiny_llama):
+    from transformers import AutoModelForCausalLM
+
+    from cleancurate.attention import NAME, use_gqa_decode
+
+    model = AutoModelForCausalLM.from_config(tiny_llama.config, dtype=torch.float32).eval()
+    model.config._attn_implementation = "sdpa"
+    model.load_state_dict(tiny_llama.state_dict())
+    ids = torch.tensor([[0, 0, 5, 6, 7], [1, 2, 3, 4, 5], [0, 0, 0, 9, 8]])
+    mask = (torch.arange(5)[None, :] >= torch.tensor([[2], [0], [3]])).long()
+    stock = _decode_step_logits(model, ids, mask)
+    assert use_gqa_decode(model) and model.config._attn_implementation == NAME
+    ours = _decode_step_logits(model, ids, mask)
+    assert torch.allclose(stock, ours, atol=1e-5), (stock - ours).abs().max()
+    assert use_gqa_decode(model)  # idempotent
+    model.config._attn_implementation = "eager"
+    assert not use_gqa_decode(model)  # other implementations are left alone
+
+
 # --- sizes chosen by the device ---------------------------------------------------------------
 
 
@@ -261,13 +291,20 @@ def test_generation_and_scoring_sizes_follow_memory_and_kv_size(monkeypatch):
     assert batching.generation_sizes(model, 300, 64) == (168, 168 * 364)
     monkeypatch.setattr(batching, "_usable_bytes", lambda m, f, r: (64 * 1024**3, 16 * 10**9))
     assert batching.generation_sizes(model, 300, 64) == (512, 512 * 364)  # capped
-    # per scoring token: 2 float32 vocabulary rows + activations = 1,177,600 bytes -> 58,355 -> 32,768
-    assert batching.scoring_token_budget(model) == 32768
+    # scoring: 151,568 bytes of activations per token after a fixed 7.35 GB for one chunk of
+    # 4,096 scored positions' logits: (64 GiB - 7.35 GB) / 151,568 = 404,901 -> capped at 131,072
+    assert batching.scoring_token_budget(model) == 131072
+    assert batching.resolve_scoring_budget(model, None) == 131072
+    assert batching.resolve_scoring_budget(model, 2048) == 2048  # a pinned budget wins
+    monkeypatch.setattr(batching, "_usable_bytes", lambda m, f, r: (9 * 1024**3, 16 * 10**9))
+    # (9 GiB - 7.35 GB) / 151,568 = 15,233 -> 8,192 (a power of two)
+    assert batching.scoring_token_budget(model) == 8192
 
 
 def test_sizes_are_none_on_cpu(tiny_llama):
     assert batching.generation_sizes(tiny_llama, 100, 64) is None
     assert batching.scoring_token_budget(tiny_llama) is None
+    assert batching.resolve_scoring_budget(tiny_llama, None) == 1024
 
 
 # --- the embedded model -----------------------------------------------------------------------

@@ -17,7 +17,9 @@ from typing import Callable, Iterator, Sequence, Tuple
 
 import pandas as pd
 
-from cleancurate.batching import error_text, plan_microbatches, run_with_backoff
+from cleancurate.batching import (
+    error_text, plan_microbatches, resolve_score_compile, resolve_scoring_budget, run_with_backoff,
+)
 from cleancurate.prompts import background_query, scoring_context
 from cleancurate.schemas.udf import PERPLEXITY, PERPLEXITY_COLUMNS
 
@@ -54,39 +56,69 @@ def window_chunks(ids: list[int], start: int, max_context: int, stride: int) -> 
     return chunks
 
 
-def _forward_nll(model, chunks: list[tuple[list[int], int]]) -> list[tuple[float, int]]:
-    """Summed NLL and count of scored tokens for each chunk, in one padded forward pass."""
+_COMPILED_BASE: dict = {}  # id(model) -> its transformer body compiled with dynamic shapes (compile=True)
+_NLL_CHUNK = 4096  # scored positions per output-layer call: bounds the float32 logits (rows x vocabulary)
+
+
+def _body(model, compiled: bool):
+    """The model's transformer body, or (``compiled``) its ``torch.compile`` form with dynamic
+    shapes, built once per worker."""
+    base = getattr(model, model.base_model_prefix)
+    if not compiled:
+        return base
+    fn = _COMPILED_BASE.get(id(model))
+    if fn is None:
+        import torch
+
+        fn = _COMPILED_BASE[id(model)] = torch.compile(base, dynamic=True)
+    return fn
+
+
+def _forward_nll(model, chunks: list[tuple[list[int], int]], compiled: bool = False) -> list[tuple[float, int]]:
+    """Summed NLL and count of scored tokens for each chunk, in one padded forward pass.
+
+    Rows are right-padded and attention is causal, so no real token ever attends to a
+    pad: the forward pass needs no attention mask, which lets the attention kernel take
+    its causal fast path (flash attention on GPU) instead of a materialised mask. The
+    output layer runs only at scored positions, ``_NLL_CHUNK`` positions at a time, so
+    the logits never grow with the token budget.
+    """
     import torch
+    import torch.nn.functional as F
 
     device = next(model.parameters()).device
     pad = 0
     longest = max(len(c[0]) for c in chunks)
     ids = torch.full((len(chunks), longest), pad, dtype=torch.long)
-    mask = torch.zeros((len(chunks), longest), dtype=torch.long)
     rows, pos, targets = [], [], []
     for i, (seq, s) in enumerate(chunks):
         ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[i, : len(seq)] = 1
-        for p in range(max(s, 1), len(seq)):
-            rows.append(i)
-            pos.append(p - 1)
-            targets.append(seq[p])
+        first = max(s, 1)
+        rows.extend([i] * (len(seq) - first))
+        pos.extend(range(first - 1, len(seq) - 1))
+        targets.extend(seq[first:])
     if not rows:
         return [(0.0, 0) for _ in chunks]
-    base = getattr(model, model.base_model_prefix)
+    base = _body(model, compiled)
+    head = model.get_output_embeddings()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    rows_t = torch.tensor(rows, device=device)
+    pos_t = torch.tensor(pos, device=device)
+    targets_t = torch.tensor(targets, device=device)
     with torch.inference_mode():
-        hidden = base(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
-        sel = hidden[torch.tensor(rows, device=device), torch.tensor(pos, device=device)]
-        logits = model.get_output_embeddings()(sel).float()
-        cap = getattr(model.config, "final_logit_softcapping", None)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        logp = torch.log_softmax(logits, dim=-1)
-        nll = -logp.gather(1, torch.tensor(targets, device=device)[:, None]).squeeze(1)
+        hidden = base(input_ids=ids.to(device)).last_hidden_state
+        nll = torch.empty(len(rows), dtype=torch.float32, device=device)
+        for a in range(0, len(rows), _NLL_CHUNK):
+            b = min(a + _NLL_CHUNK, len(rows))
+            logits = head(hidden[rows_t[a:b], pos_t[a:b]]).float()
+            if cap:
+                logits = torch.tanh(logits / cap) * cap
+            nll[a:b] = F.cross_entropy(logits, targets_t[a:b], reduction="none")
         sums = torch.zeros(len(chunks), dtype=torch.float64, device=device)
-        sums.index_add_(0, torch.tensor(rows, device=device), nll.double())
-        counts = torch.bincount(torch.tensor(rows), minlength=len(chunks))
-    return [(float(sums[i]), int(counts[i])) for i in range(len(chunks))]
+        sums.index_add_(0, rows_t, nll.double())
+        sums = sums.tolist()
+    counts = torch.bincount(torch.tensor(rows), minlength=len(chunks)).tolist()
+    return [(sums[i], counts[i]) for i in range(len(chunks))]
 
 
 def score_batch(
@@ -98,6 +130,7 @@ def score_batch(
     token_budget: int = 1024,
     max_context: int | None = None,
     stride: int = 512,
+    compile: bool = False,
 ) -> pd.DataFrame:
     """Perplexity of each response given its query.
 
@@ -109,6 +142,7 @@ def score_batch(
         token_budget: padded tokens per forward pass (rows x longest row).
         max_context: window length; defaults to the model's context length.
         stride: new tokens scored per window when a row exceeds ``max_context``.
+        compile: run the transformer body through ``torch.compile`` (dynamic shapes; GPU).
 
     Returns:
         DataFrame with ``ppl`` (exp of mean NLL over response tokens), ``scored_tokens``
@@ -134,7 +168,7 @@ def score_batch(
         items = [chunks[i] for i in batch]
         outs = run_with_backoff(
             items,
-            lambda part: _forward_nll(model, [(c[1], c[2]) for c in part]),
+            lambda part: _forward_nll(model, [(c[1], c[2]) for c in part], compile),
             lambda item, exc: error_text(exc),
         )
         for (row, _, _), out in zip(items, outs):
@@ -202,7 +236,8 @@ def make_score_fn(model_cfg: dict, runtime_cfg: dict) -> Callable[[pd.Series, pd
     def fn(queries: pd.Series, texts: pd.Series) -> pd.DataFrame:
         return score_batch(
             lm.model, lm.tokenizer, queries.fillna("").tolist(), texts.fillna("").tolist(),
-            token_budget=runtime_cfg["token_budget"], max_context=model_cfg.get("max_context"),
+            token_budget=resolve_scoring_budget(lm.model, runtime_cfg["token_budget"]),
+            compile=resolve_score_compile(lm.model, runtime_cfg.get("score_compile")), max_context=model_cfg.get("max_context"),
             stride=runtime_cfg["score_stride"],
         )
 

@@ -58,6 +58,7 @@ from typing import Callable, Iterator, Sequence, Tuple
 
 import pandas as pd
 
+from cleancurate.attention import use_gqa_decode
 from cleancurate.batching import error_text, generation_sizes, is_oom, plan_microbatches, run_with_backoff
 from cleancurate.prompts import chat_prompt, user_message
 from cleancurate.schemas.udf import GENERATION, GENERATION_COLUMNS
@@ -486,6 +487,7 @@ def generate_batch(
         sizes = generation_sizes(model, max(len(e) for e in encoded), max_new_tokens)
         batch_size, token_budget = sizes if sizes else (_CPU_GEN_BATCH, token_budget)
     mode = _resolve_decode(decode, model)
+    use_gqa_decode(model)  # decode steps attend without copying the KV cache per query head
     while mode in _BROKEN.get(id(model), ()):
         mode = _FALLBACK[mode]
     budget = token_budget or 10**12

@@ -17,6 +17,7 @@ from typing import Callable, Iterator, Tuple
 
 import pandas as pd
 
+from cleancurate.batching import resolve_score_compile, resolve_scoring_budget
 from cleancurate.schemas.udf import SCORES, SCORES_COLUMNS
 from cleancurate.udfs.judge import judge_batch
 from cleancurate.udfs.perplexity import retention_batch, score_batch
@@ -86,7 +87,8 @@ def score_candidates(
         q["meta_text"] = None
         q["form_fault"] = None
     clean = q["clean_text"].tolist()
-    score_kw = dict(token_budget=r["token_budget"], max_context=cfg["model"].get("max_context"),
+    score_kw = dict(token_budget=resolve_scoring_budget(lm.model, r["token_budget"]),
+                    compile=resolve_score_compile(lm.model, r.get("score_compile")), max_context=cfg["model"].get("max_context"),
                     stride=r["score_stride"])
     p = score_batch(lm.model, lm.tokenizer, queries, clean, **score_kw)
     e = embed_scores_batch(encoder.model, encoder.tokenizer, queries, clean, originals, g["safety_anchor"],
@@ -103,7 +105,7 @@ def score_candidates(
     if judge is not None:
         j = judge_batch(judge.model, judge.tokenizer, queries, clean, template=m["judge_prompt"],
                         rubrics=m["judge_rubrics"], min_digit_mass=m["judge_min_digit_mass"],
-                        token_budget=max(r["token_budget"], 2048))
+                        token_budget=max(resolve_scoring_budget(judge.model, r["token_budget"]), 2048))
         helpfulness, judge_err = j["helpfulness"], j["error"]
     else:
         helpfulness = e["relevance"] + m["style_weight"] * e["style"]
