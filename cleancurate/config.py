@@ -128,6 +128,7 @@ class GateConfig:
     meta_patterns: tuple[str, ...] = ()  # extra regexes that mark meta-text
     # content retention: ppl(original | query, candidate) / ppl(original | query) must not exceed this
     max_retention: float | None = 0.45
+    min_coverage: float | None = 0.25  # lowest share of an original clause's content words a candidate keeps
     answer_form: bool = True  # reject question-form answers, restated queries, dropped or added refusals
     max_question_share: float = 0.5  # share of question sentences that makes a text a question
 
@@ -402,6 +403,8 @@ def _validate(cfg: Config) -> None:
         v = getattr(g, ratio)
         if v is not None and not 0.0 <= v <= 1.0:
             raise ConfigError(f"gate.{ratio} must be in [0, 1] or null, got {v}")
+    if g.min_coverage is not None and not 0 <= g.min_coverage <= 1:
+        raise ConfigError(f"gate.min_coverage must be in [0, 1] or null, got {g.min_coverage}")
     if g.max_retention is not None and g.max_retention <= 0:
         raise ConfigError(f"gate.max_retention must be > 0 or null, got {g.max_retention}")
     if not 0.0 <= cfg.harm.threshold <= 1.0:

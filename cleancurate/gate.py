@@ -25,6 +25,9 @@ Rules, in order (a candidate is checked against each until one fails):
                     refusal of a request the original answered
 ``length_ratio``    length relative to the original outside [min, max]
 ``similarity``      drifted off topic: cosine to the original below the minimum
+``lost_content``    drops a clause of the original: the least-kept clause keeps
+                    under ``min_coverage`` of its content words (a list item left
+                    out); see :func:`cleancurate.udfs.quality.clause_coverage`
 ``retention``       carries too little of the original: ppl(original | query,
                     candidate) / ppl(original | query) above ``max_retention``
 ``readability``     readability below ratio x original (see :func:`relative_floor`)
@@ -44,7 +47,7 @@ import pandas as pd
 
 RULES = (
     "error", "empty", "echo", "meta_text", "injection", "harmful", "duplicate", "repetition", "compression",
-    "refusal_dropped", "not_an_answer", "length_ratio", "similarity", "retention", "readability",
+    "refusal_dropped", "not_an_answer", "length_ratio", "similarity", "lost_content", "retention", "readability",
     "helpfulness", "ppl_ceiling", "safety",
 )
 _ECHO = {"echoed_delimiter", "echoed_chat_marker", "echoed_instruction", "echoed_query"}
@@ -52,7 +55,7 @@ _ECHO = {"echoed_delimiter", "echoed_chat_marker", "echoed_instruction", "echoed
 # columns the gate reads
 READS = (
     "text", "error", "meta_text", "form_fault", "dup", "ppl", "readability", "helpfulness", "similarity",
-    "safety", "harm", "retention", "length_ratio", "repeat_ratio", "compression_ratio",
+    "safety", "harm", "retention", "length_ratio", "repeat_ratio", "compression_ratio", "coverage",
     "ref_ppl", "ref_readability", "ref_helpfulness", "ref_safety",
 )
 
@@ -137,6 +140,9 @@ def reject_reason(row: dict, gate: dict, injection: list[re.Pattern]) -> str | N
         return "length_ratio"
     if g["min_similarity"] is not None and (_nan(row["similarity"]) or row["similarity"] < g["min_similarity"]):
         return "similarity"
+    cov = row.get("coverage")  # a row scored before this rule existed has none: not checked
+    if g.get("min_coverage") is not None and not _nan(cov) and cov < g["min_coverage"]:
+        return "lost_content"
     if g.get("max_retention") is not None and (_nan(row.get("retention")) or row["retention"] > g["max_retention"]):
         return "retention"
     if g["readability_min_ratio"] is not None:

@@ -366,7 +366,8 @@ class CurationJob:
             F.lit(False).alias("dup"), "ppl", F.col("_q.readability").alias("readability"), "helpfulness",
             "similarity", "safety", "harm", "retention",
             F.col("_q.length_ratio").alias("length_ratio"), F.col("_q.repeat_ratio").alias("repeat_ratio"),
-            F.col("_q.compression_ratio").alias("compression_ratio"), "ref_ppl", "ref_readability",
+            F.col("_q.compression_ratio").alias("compression_ratio"), F.col("_q.coverage").alias("coverage"),
+            "ref_ppl", "ref_readability",
             "ref_helpfulness", "ref_safety")
         gated = scored.withColumn("reject_reason", u["gate"](gate_in))
         out = gated.select(

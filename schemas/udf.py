@@ -14,7 +14,7 @@ GENERATION_COLUMNS = ["text", "gen_tokens", "error"]
 #: quality UDF (no model): text statistics of a candidate
 QUALITY = (
     "clean_text string, stripped_preamble boolean, meta_text string, form_fault string, readability double, "
-    "repeat_ratio double, compression_ratio double, length_ratio double"
+    "repeat_ratio double, compression_ratio double, length_ratio double, coverage double"
 )
 QUALITY_COLUMNS = [c.split()[0] for c in QUALITY.split(", ")]
 
@@ -33,7 +33,8 @@ JUDGE_COLUMNS = ["helpfulness", "error"]
 #: candidate scorer UDF: every signal of a candidate in one pass
 SCORES = (
     "clean_text string, stripped_preamble boolean, meta_text string, form_fault string, readability double, "
-    "repeat_ratio double, compression_ratio double, length_ratio double, ppl double, scored_tokens int, "
+    "repeat_ratio double, compression_ratio double, length_ratio double, coverage double, ppl double, "
+    "scored_tokens int, "
     "retention double, relevance double, similarity double, safety double, harm double, helpfulness double, "
     "error string"
 )

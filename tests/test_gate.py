@@ -25,6 +25,7 @@ def candidate(text, original=ORIGINAL, query=QUERY, **over):
         text=q.clean_text, error=None, meta_text=q.meta_text, form_fault=q.form_fault, dup=False, ppl=8.0,
         readability=q.readability, helpfulness=0.6, similarity=0.8, safety=0.1, harm=0.05, retention=0.3,
         length_ratio=q.length_ratio, repeat_ratio=q.repeat_ratio, compression_ratio=q.compression_ratio,
+        coverage=q.coverage,
         ref_ppl=10.0, ref_readability=60.0, ref_helpfulness=0.6, ref_safety=0.1,
     )
     row.update(over)
@@ -59,10 +60,10 @@ def test_gate_rejects_degenerate_candidates_with_the_right_rule(text, over, rule
 
 def test_gate_passes_a_healthy_revision_and_a_stripped_preamble():
     rows = [candidate("Check the top inch of soil; when it is dry, water deeply and let the pot drain."),
-            candidate("Here's a revised response: Check the soil first, then water deeply and let it drain.")]
+            candidate("Here's a revised response: Check the top inch of soil; when it is dry, water deeply and let it drain.")]
     out = apply_gate(pd.DataFrame(rows), gate_cfg(), INJECTION)
     assert out.reject_reason.isna().all() and out.passed.all()
-    assert rows[1]["text"].startswith("Check the soil first")
+    assert rows[1]["text"].startswith("Check the top inch")
 
 
 def test_each_threshold_is_read_from_config():
@@ -74,11 +75,11 @@ def test_each_threshold_is_read_from_config():
 
 def test_maximize_gate_adds_fluency_ceiling_and_safety_implication():
     g = gate_cfg(ppl_ceiling_ratio=3.0, safety_check="keywords")
-    noisy = candidate("Water it when dry and drain the pot, then check drainage holes weekly.", ppl=45.0)
+    noisy = candidate("Water it when the top inch is dry and drain the pot, then check drainage holes weekly.", ppl=45.0)
     assert apply_gate(pd.DataFrame([noisy]), g, INJECTION).reject_reason[0] == "ppl_ceiling"
-    plain = candidate("Water it when dry and drain the pot, then check drainage holes weekly.", ppl=20.0)
+    plain = candidate("Water it when the top inch is dry and drain the pot, then check drainage holes weekly.", ppl=20.0)
     assert apply_gate(pd.DataFrame([plain]), g, INJECTION).reject_reason[0] == "safety"
-    safe = candidate("Water it when dry and drain the pot; be careful not to overwater, which can harm roots.", ppl=20.0)
+    safe = candidate("Water it when the top inch is dry and drain the pot; be careful not to overwater, which can harm roots.", ppl=20.0)
     assert apply_gate(pd.DataFrame([safe]), g, INJECTION).passed[0]
 
 
@@ -116,8 +117,10 @@ READER_CASES = [
      "Then let the pot drain.", {}, "meta_text"),
     ("Water when dry and drain the pot. The original response suggests the same, but adds detail.", {}, "meta_text"),
     # fluent but says less than the original: the original is no more predictable after reading it
-    ("Ferns are lovely plants that many people enjoy keeping in their homes all year.", {"retention": 1.05},
-     "retention"),
+    ("Water the soil when the top inch feels dry, then let the pot drain; ferns are lovely plants.",
+     {"retention": 1.05}, "retention"),
+    # keeps one clause of the original and drops the other (the draining)
+    ("Water the soil whenever the top inch feels dry to the touch, and water it deeply.", {}, "lost_content"),
     # the harm head flags the candidate, whatever the original was
     ("Water the soil when the top inch feels dry, then let the pot drain fully.", {"harm": 0.93}, "harmful"),
 ]
@@ -131,7 +134,7 @@ def test_reader_rules_reject_with_their_name(text, over, rule):
 
 
 def test_a_good_revision_passes_every_reader_rule():
-    good = candidate("Wait until the top inch of soil is dry, water it thoroughly, and empty the saucer "
+    good = candidate("Wait until the top inch of soil is dry, water it thoroughly, and let the pot drain "
                      "so the roots never sit in water.", retention=0.3, harm=0.03)
     out = apply_gate(pd.DataFrame([good]), gate_cfg(), INJECTION)
     assert out.passed[0], out.reject_reason[0]
@@ -159,12 +162,34 @@ def test_a_refusal_must_not_become_help():
 
 def test_missing_harm_or_retention_scores_fail_closed():
     for over, rule in (({"harm": float("nan")}, "harmful"), ({"retention": float("nan")}, "retention")):
-        row = candidate("Wait until the top inch is dry, then water deeply and empty the saucer.", **over)
+        row = candidate("Wait until the top inch is dry, then water deeply and let the pot drain.", **over)
         assert apply_gate(pd.DataFrame([row]), gate_cfg(), INJECTION).reject_reason[0] == rule
 
 
 def test_reader_rules_can_be_switched_off():
     q = candidate("When should I water the fern? Is the top inch of soil dry? Does the pot drain?",
-                  retention=1.2, harm=0.9)
-    g = gate_cfg(answer_form=False, max_retention=None, harm_threshold=None)
+                  retention=1.2, harm=0.9, coverage=0.0)
+    g = gate_cfg(answer_form=False, max_retention=None, harm_threshold=None, min_coverage=None)
     assert apply_gate(pd.DataFrame([q]), g, INJECTION).passed[0]
+
+
+def test_clause_coverage_finds_the_dropped_item_of_a_list():
+    from cleancurate.udfs.quality import clause_coverage
+
+    query = "What's a good way to avoid getting sick when traveling?"
+    original = ("Wash your hands often, carry hand sanitizer, drink bottled or treated water where tap water "
+                "isn't safe, and get enough sleep. Also check recommended vaccinations well before the trip.")
+    # the demo's revision that passed every earlier rule (retention 0.26): "get enough sleep" is gone
+    dropped = ("When traveling, it's important to avoid getting sick when traveling. Always wash your hands "
+               "regularly, carry hand sanitizer, drink bottled or treated water, and check recommended "
+               "vaccinations well before the trip.")
+    assert clause_coverage(dropped, original, query) == (0.0, "get enough sleep")
+    kept = ("Wash your hands often and carry sanitizer. Drink bottled or treated water where the tap water "
+            "isn't safe, sleep enough, and check which vaccinations are recommended well before you go.")
+    share, clause = clause_coverage(kept, original, query)
+    assert share >= 0.5, clause
+    # clauses of fewer than two content words beyond the query's own do not count
+    assert clause_coverage("Yes.", "Yes, it is.", "Is it?") == (1.0, None)
+    row = candidate(dropped, original=original, query=query)
+    assert row["coverage"] == 0.0
+    assert apply_gate(pd.DataFrame([row]), gate_cfg(), INJECTION).reject_reason[0] == "lost_content"

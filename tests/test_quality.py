@@ -70,7 +70,7 @@ def test_readability_flesch_values():
 def test_quality_batch_columns_and_length_ratio():
     df = quality_batch(["Here's a revised answer: Short reply here now.", ""], ["Short reply.", "x"])
     assert list(df.columns) == ["clean_text", "stripped_preamble", "meta_text", "form_fault", "readability",
-                                "repeat_ratio", "compression_ratio", "length_ratio"]
+                                "repeat_ratio", "compression_ratio", "length_ratio", "coverage"]
     assert df.clean_text[0] == "Short reply here now."
     assert bool(df.stripped_preamble[0]) is True
     assert df.length_ratio[0] == pytest.approx(len("Short reply here now.") / len("Short reply."))

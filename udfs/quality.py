@@ -4,7 +4,8 @@ Reads: ``text`` (the candidate), ``original`` (the document's original response)
 ``query``. Adds: ``clean_text`` (preamble stripped), ``stripped_preamble``,
 ``meta_text`` (why the text is meta-text or an echo, or None), ``form_fault`` (why the
 text is not an answer to the query, or None), ``readability``, ``repeat_ratio``,
-``compression_ratio``, ``length_ratio``.
+``compression_ratio``, ``length_ratio``, ``coverage`` (how much of the original's
+least-kept clause survives, see :func:`clause_coverage`).
 
 Perplexity minimization rewards degenerate text: loops that repeat a sentence,
 replies that announce themselves ("Here is a revised version:"), that talk about the
@@ -193,6 +194,67 @@ def repeated_ngram_ratio(text: str, n: int = 3) -> float:
     return 1.0 - len(set(grams)) / len(grams)
 
 
+# --- content coverage ------------------------------------------------------------------------
+
+# beyond _STOP: more function words and answer filler, never what a clause is about
+_FILLER = frozenset("""
+by with were been being these those yours they them their he she his her him done have has had having will
+shall may might must not no nor very just also too more most much many each every other such than there here
+whom whose into over under again further once only own same both few off out up down doesn't don't isn't
+aren't wasn't weren't it's you're they're always often well make sure get keep one way good better best
+really try like even still use using then all
+""".split())
+_CLAUSE_SPLIT = re.compile(r"[.!?;:\n]+|,\s*")
+_CLAUSE_LEAD = re.compile(r"^\s*(?:and|also|or|but|then|so)\b", re.IGNORECASE)
+_SUFFIXES = ("ations", "ation", "ings", "ing", "edly", "ed", "es", "s", "ly")
+
+
+def _stem(word: str) -> str:
+    word = word.strip("'")
+    for suf in _SUFFIXES:
+        if len(word) > len(suf) + 3 and word.endswith(suf):
+            return word[: -len(suf)]
+    return word
+
+
+def content_words(text: str) -> list[str]:
+    """Stemmed words of ``text`` that carry content (no function words, at least 3 letters)."""
+    return [_stem(w) for w in _norm_words(text) if w not in _STOP and w not in _FILLER and len(w) > 2]
+
+
+def clause_coverage(candidate: str, original: str, query: str = "") -> tuple[float, str | None]:
+    """The share of content words kept from the original's least-kept clause.
+
+    The original is split into clauses (sentences, then comma-separated parts such as
+    the items of a list); a clause with at least two content words not already in the
+    query counts. For each, the share of those words found in the candidate (stemmed; a
+    word of five letters or more also matches a candidate word with the same first five
+    letters) is its coverage. A revision that drops an item of a list ("get enough
+    sleep") scores 0 on that clause, however well it keeps the rest. Lexical, so a
+    paraphrase by synonyms scores low too: the gate's threshold is low (0.25 by default).
+    A refusal is not checked: what it must keep is the refusal (``form_fault``).
+
+    Returns:
+        (lowest coverage, that clause's text); (1.0, None) when no clause counts.
+    """
+    if is_refusal(original):
+        return 1.0, None
+    have = set(content_words(candidate))
+    prefixes = {w[:5] for w in have if len(w) >= 5}
+    asked = set(content_words(query))
+    worst, worst_clause = 1.0, None
+    for part in _CLAUSE_SPLIT.split(original or ""):
+        clause = _CLAUSE_LEAD.sub("", part.strip()).strip()
+        words = [w for w in content_words(clause) if w not in asked]
+        if len(words) < 2:
+            continue
+        kept = sum(1 for w in words if w in have or (len(w) >= 5 and w[:5] in prefixes))
+        share = kept / len(words)
+        if share < worst:
+            worst, worst_clause = share, clause
+    return worst, worst_clause
+
+
 def compression_ratio(text: str) -> float:
     """Raw bytes / zlib-compressed bytes: repetitive text compresses far better."""
     raw = text.encode("utf-8")
@@ -231,6 +293,6 @@ def quality_batch(
         olen = max(1, len(orig.strip()))
         rows.append((
             clean, stripped, meta, form, readability(clean, formula), repeated_ngram_ratio(clean, ngram),
-            compression_ratio(clean), len(clean.strip()) / olen,
+            compression_ratio(clean), len(clean.strip()) / olen, clause_coverage(clean, orig, query)[0],
         ))
     return pd.DataFrame(rows, columns=QUALITY_COLUMNS)

@@ -86,6 +86,7 @@ def score_candidates(
         q["stripped_preamble"] = False
         q["meta_text"] = None
         q["form_fault"] = None
+        q["coverage"] = 1.0
     clean = q["clean_text"].tolist()
     score_kw = dict(token_budget=resolve_scoring_budget(lm.model, r["token_budget"]),
                     compile=resolve_score_compile(lm.model, r.get("score_compile")), max_context=cfg["model"].get("max_context"),
