@@ -43,6 +43,7 @@ class ScriptLM(torch.nn.Module):
         self.w = torch.nn.Parameter(torch.zeros(1))
         self.config = SimpleNamespace(vocab_size=self.vocab)
         self.fed_after_done: list[int] = []
+        self.decode_rows: list[int] = []  # rows in each decode step's batch
 
     def _logits(self, tokens):
         out = torch.full((len(tokens), 1, self.vocab), -1e4)
@@ -64,6 +65,7 @@ class ScriptLM(torch.nn.Module):
             cache = ScriptCache(scripts, starts)
         else:
             cache = past_key_values
+            self.decode_rows.append(len(input_ids))
         nxt = []
         for r in range(len(cache.scripts)):
             k = int(position_ids[r, -1]) - cache.starts[r]
@@ -84,6 +86,20 @@ def test_rows_stop_at_their_own_end_and_unfinished_ones_are_trimmed():
     assert out["error"].isna().all()
     # rows that finished are fed padding, not their last token
     assert set(lm.fed_after_done) <= {CharTokenizer.pad_token_id}
+
+
+def test_finished_rows_leave_a_dynamic_batch():
+    lm = ScriptLM()
+    out = generate_batch(lm, CharTokenizer(), ["query 3", "query 1", "query 2"], [0.0] * 3, [1.0] * 3, [1, 2, 3],
+                         max_new_tokens=30, decode="dynamic")
+    assert out["gen_tokens"].tolist() == [0, 9, 30]
+    # the empty row ends at the first token and "Hi there." at the tenth (its stop token):
+    # each leaves the batch right then, so the 29 decode steps run 2 rows 9 times, then 1
+    assert lm.decode_rows == [2] * 9 + [1] * 20
+    kept = ScriptLM()
+    same = generate_batch(kept, CharTokenizer(), ["query 3", "query 1", "query 2"], [0.0] * 3, [1.0] * 3, [1, 2, 3],
+                          max_new_tokens=30, decode="dynamic", drop_finished=False)
+    assert same["text"].tolist() == out["text"].tolist() and kept.decode_rows == [3] * 29
 
 
 def test_a_failing_row_gets_an_error_and_the_others_still_run():
@@ -234,6 +250,16 @@ def test_auto_decode_and_batch_size_keep_the_cpu_defaults(tiny_llama, monkeypatc
 
     auto = load("demo", ["runtime.gen_batch_size=null"])
     assert auto.runtime.gen_batch_size is None and auto.hash == load("demo").hash
+
+
+def test_dropping_finished_rows_does_not_change_texts(tiny_llama):
+    prompts, temps, tops, seeds = _grid_rows(4)
+    kw = dict(max_new_tokens=40, batch_size=16, decode="dynamic")
+    kept = generate_batch(tiny_llama, CharTokenizer(), prompts, temps, tops, seeds, drop_finished=False, **kw)
+    dropped = generate_batch(tiny_llama, CharTokenizer(), prompts, temps, tops, seeds, **kw)
+    assert kept["gen_tokens"].nunique() > 1  # rows end at different steps: some left the batch early
+    assert dropped["text"].tolist() == kept["text"].tolist()
+    assert dropped["gen_tokens"].tolist() == kept["gen_tokens"].tolist()
 
 
 def test_unknown_decode_mode_is_an_error(tiny_llama):

@@ -249,6 +249,10 @@ class _Sampler:
         self.stats["wider"] += int(rows.numel())
         return _resolve(probs, self.ps, self.u[:, step], tokens, rows)
 
+    def keep(self, rows) -> None:
+        """Keep only ``rows`` (an index tensor on the device): the others are done."""
+        self.temps, self.ps, self.u, self.greedy = self.temps[rows], self.ps[rows], self.u[rows], self.greedy[rows]
+
 
 # --- decoding ---------------------------------------------------------------------------------
 
@@ -332,7 +336,8 @@ def _padded_rows(b: int, cap: int) -> int:
 
 
 def _generate_group(model, tokenizer, prompt_ids: list[list[int]], temps, top_ps, seeds, max_new_tokens: int,
-                    stops: set[int], decode: str = "dynamic", stats: dict | None = None, row_cap: int = 0):
+                    stops: set[int], decode: str = "dynamic", stats: dict | None = None, row_cap: int = 0,
+                    drop_finished: bool = True):
     """Decode one micro-batch. Identical prompts (the sampling grid of one parent)
     are prefilled once and their KV cache is shared by index, so a 5x5 grid costs one
     prompt forward pass, not 25. In ``compiled`` mode the batch is padded with idle rows
@@ -394,24 +399,36 @@ def _generate_group(model, tokenizer, prompt_ids: list[list[int]], temps, top_ps
         full_mask[:, :longest] = mask[sel]
         full_mask = full_mask.to(device)
         pos = position[sel][:, -1:].to(device)
+        # rows still decoding (indices into the micro-batch); the dynamic cache drops finished rows
+        # so no step is spent on them (a static cache and a CUDA graph keep fixed shapes instead)
+        live = torch.arange(b, device=device)
+        compact = drop_finished and not static
         for step in range(max_new_tokens):
             tok, exact, probs = sampler.first(logits, step)
             stop = torch.isin(tok, stop_ids)
+            was_done = done[live]
             # the step's one transfer: rows the first head could not settle, rows now done
-            flags = torch.cat([~exact, done | stop]).cpu()
-            wider = flags[:b].nonzero().squeeze(1)
+            flags = torch.cat([~exact, was_done | stop]).cpu()
+            n = len(tok)
+            wider = flags[:n].nonzero().squeeze(1)
             if wider.numel():
                 tok = sampler.rest(probs, tok, wider.to(device), step)
                 stop = torch.isin(tok, stop_ids)
-                finished = bool((done | stop).all())
+                ended = (was_done | stop).cpu()
             else:
-                finished = bool(flags[b:].all())
-            out[:, step] = tok
-            n_out += (~(done | stop)).long()
-            done |= stop
-            if finished or step == max_new_tokens - 1:
+                ended = flags[n:]
+            out[live, step] = tok
+            n_out[live] += (~(was_done | stop)).long()
+            done[live] = was_done | stop
+            if bool(ended.all()) or step == max_new_tokens - 1:
                 break
-            feed = torch.where(done, pad_id, tok)[:, None]
+            if compact and bool(ended.any()):
+                keep_host = (~ended).nonzero().squeeze(1)
+                keep = keep_host.to(device)
+                live, tok, pos, full_mask = live[keep], tok[keep], pos[keep], full_mask[keep]
+                past.reorder_cache(keep)
+                sampler.keep(keep)
+            feed = torch.where(done[live], pad_id, tok)[:, None]
             pos = pos + 1
             step_mask = full_mask if static else full_mask[:, : longest + step + 1]
             res = step_fn(input_ids=feed, attention_mask=step_mask, position_ids=pos,
@@ -451,6 +468,7 @@ def generate_batch(
     token_budget: int | None = None,
     decode: str = "auto",
     stats: dict | None = None,
+    drop_finished: bool = True,
 ) -> pd.DataFrame:
     """Generate one continuation per prompt with per-row settings and seeds.
 
@@ -467,6 +485,10 @@ def generate_batch(
             one recording per micro-batch shape) or ``auto`` (compiled on CUDA, dynamic
             on CPU). A compiled step that fails to build falls back to ``static``, a
             static cache that cannot be built to ``dynamic``, for the rest of the worker.
+        drop_finished: in ``dynamic`` mode, drop rows from the batch (and their KV cache)
+            as they finish, so later steps run only the rows still decoding. Texts are
+            the same as without (tests check it on CPU); ``static``/``compiled`` keep
+            fixed shapes.
         stats: optional dict that receives sampler counters (``rows``: row-steps,
             ``wider``: those that needed more than the first head) and ``decode``, the
             mode that ran.
@@ -498,7 +520,8 @@ def generate_batch(
                 [top_ps[i] for i in part], [seeds[i] for i in part], max_new_tokens, stops)
         while True:
             try:
-                return _generate_group(*args, decode=mode, stats=stats, row_cap=batch_size or 0)
+                return _generate_group(*args, decode=mode, stats=stats, row_cap=batch_size or 0,
+                                       drop_finished=drop_finished)
             except _FastPathFailed as exc:
                 # a worker without a working compiler (or cache API) still generates, a little slower
                 warnings.warn(f"decode={mode!r} failed, using {_FALLBACK[mode]!r} instead: {exc.__cause__!r}")
