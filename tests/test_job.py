@@ -144,7 +144,7 @@ def test_gate_decisions_match_the_configured_thresholds(spark, run):
     docs = table(spark, run.store.output.path, "docs").set_index("doc_id")
     q = quality_batch(list(new.text.fillna("")), list(new.doc_id.map(docs.response)),
                       queries=list(new.doc_id.map(docs["query"])))
-    new["meta_text"], new["form_fault"] = list(q.meta_text), list(q.form_fault)
+    new["meta_text"], new["form_fault"], new["coverage"] = list(q.meta_text), list(q.form_fault), list(q.coverage)
     new["dup"] = False
     gate = gate_settings(cfg.to_dict())
     recomputed = apply_gate(new, gate, cfg.limits.injection_patterns)
@@ -293,7 +293,8 @@ def test_maximize_keeps_the_highest_perplexity_revision_that_passed_the_gate(spa
                            temperatures=[0.7, 1.0], top_ps=[0.9, 1.0], max_new_tokens=40)
     # keywords check as shipped; thresholds loosened so a 135M model's revisions can pass
     raw["gate"] = {"ppl_ceiling_ratio": 5.0, "safety_check": "keywords", "min_similarity": 0.3,
-                   "length_ratio_max": 6.0, "length_ratio_min": 0.2, "max_retention": None, "answer_form": False}
+                   "length_ratio_max": 6.0, "length_ratio_min": 0.2, "max_retention": None, "answer_form": False,
+                   "min_coverage": None}
     raw["harm"] = {"head_file": None}  # this test is about ranking; the reader's-view rules have tests of their own
     res = curate(None, C.from_dict(raw), spark=spark, report=False)
     out = res.store.output.path
