@@ -1,4 +1,4 @@
-"""``cleancurate`` command line: curate, config show, sample, report."""
+"""``cleancurate`` command line: curate, config show, sample, report, evaluate."""
 
 from __future__ import annotations
 
@@ -62,6 +62,7 @@ COMMANDS = {
     "config": "`config show`: print the resolved config and its hash",
     "sample": "build the sample corpus Parquet, or write it as Delta",
     "report": "rebuild the HTML report of an output folder",
+    "evaluate": "fine-tune on mixes with/without curated texts and measure harm (see `cleancurate evaluate --help`)",
 }
 
 
@@ -86,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         return _sample(rest)
     if cmd == "report":
         return _report(rest)
+    if cmd == "evaluate":
+        from cleancurate.jobs.evaluate import main as evaluate_main
+
+        return evaluate_main(rest)
     print(f"cleancurate: unknown command '{cmd}'; one of {sorted(COMMANDS)}", file=sys.stderr)
     return 2
 

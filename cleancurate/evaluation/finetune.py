@@ -1,0 +1,267 @@
+"""Fine-tune the base model on one training mix, then answer the held-out prompts with it.
+
+:func:`train_and_answer` is the one function that does a mix's model work: load a
+fresh copy of the configured base model (never the worker's shared cached copy),
+fine-tune it (all weights, or LoRA adapters when ``evaluation.method: lora`` and
+``peft`` is installed), then generate answers to the held-out prompts and score the
+benign reference answers' perplexity with the tuned weights. It takes and returns
+plain Python data, so the same function runs
+
+- in this process (:func:`run_mix` with ``evaluation.distributor: none``), or
+- through pyspark's ``TorchDistributor`` (``distributor: torch``): on the driver
+  (``local_mode: true``) or on executors, one process per GPU with ``use_gpu``. With
+  several processes each rank trains on its share of every batch under
+  ``DistributedDataParallel``; rank 0 answers the prompts and its result is returned.
+
+Training follows the papers: AdamW at ``evaluation.learning_rate`` (5e-5 by default),
+batch ``evaluation.batch_size`` (10), the loss on response tokens only (the prompt is
+the model's chat template around the query, exactly as perplexity scoring and
+generation see it), gradients clipped at norm 1.0. Everything that draws a random
+number is seeded from ``evaluation.seed``: with the same machine, threads and software
+a CPU run repeats bit for bit.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import os
+import time
+from typing import Callable, Sequence
+
+MAX_GRAD_NORM = 1.0
+IGNORE = -100
+
+
+class FineTuneError(RuntimeError):
+    """Fine-tuning cannot run as configured (e.g. LoRA without peft)."""
+
+
+def peft_available() -> bool:
+    """True when the optional ``peft`` package (LoRA) is importable."""
+    return importlib.util.find_spec("peft") is not None
+
+
+def load_trainable(spec: str, device: str = "auto", allow_network: bool = False):
+    """A fresh float32 copy of the model and its tokenizer on ``device`` (nothing downloaded, no remote code).
+
+    Returns:
+        (model, tokenizer, device string).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cleancurate.models import pick_device, resolve
+
+    if not allow_network:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    dev = pick_device(device)
+    path, _ = resolve(spec)
+    opts = dict(trust_remote_code=False, local_files_only=not allow_network)
+    tokenizer = AutoTokenizer.from_pretrained(path, **opts)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **opts)
+    return model.to(dev), tokenizer, dev
+
+
+def encode_examples(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int) -> tuple[list[tuple[list[int], int]], int]:
+    """Token ids of chat prompt + response + end of turn, and where the response starts.
+
+    A pair longer than ``max_length`` is cut at the end; one with no response token
+    left is skipped. Returns (examples, skipped).
+    """
+    from cleancurate.prompts import scoring_context
+    from cleancurate.udfs.rewrite import stop_token_ids
+
+    stops = stop_token_ids(tokenizer)
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    eot = end if isinstance(end, int) and end in stops else tokenizer.eos_token_id
+    out, skipped = [], 0
+    for query, response in pairs:
+        ctx = tokenizer(scoring_context(tokenizer, query or ""), add_special_tokens=False)["input_ids"]
+        resp = tokenizer(response or "", add_special_tokens=False)["input_ids"] + ([eot] if eot is not None else [])
+        ids = (list(ctx) + list(resp))[:max_length]
+        if len(ids) <= len(ctx) or not (response or "").strip():
+            skipped += 1
+            continue
+        out.append((ids, len(ctx)))
+    return out, skipped
+
+
+def collate(examples: Sequence[tuple[list[int], int]], pad_id: int):
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (prompt and padding ignored)."""
+    import torch
+
+    longest = max(len(ids) for ids, _ in examples)
+    ids_t = torch.full((len(examples), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), longest), dtype=torch.long)
+    labels = torch.full((len(examples), longest), IGNORE, dtype=torch.long)
+    for i, (ids, start) in enumerate(examples):
+        ids_t[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        mask[i, : len(ids)] = 1
+        labels[i, start: len(ids)] = torch.tensor(ids[start:], dtype=torch.long)
+    return ids_t, mask, labels
+
+
+def add_lora(model, ev: dict):
+    """Wrap the model with LoRA adapters (``peft``); only the adapters train."""
+    if not peft_available():
+        raise FineTuneError("evaluation.method 'lora' needs peft: pip install 'cleancurate[eval]' "
+                            "(or set evaluation.method: full)")
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=ev["lora_r"], lora_alpha=ev["lora_alpha"], lora_dropout=ev["lora_dropout"],
+                     target_modules=list(ev["lora_target_modules"]), task_type="CAUSAL_LM")
+    return get_peft_model(model, cfg)
+
+
+def train(model, tokenizer, pairs: Sequence[tuple[str, str]], ev: dict, *, rank: int = 0, world: int = 1,
+          on_step: Callable[[int, float], None] | None = None) -> dict:
+    """Fine-tune ``model`` in place on (query, response) pairs; returns training statistics.
+
+    Args:
+        model: a causal LM in float32 (or a DDP / peft wrapper of one).
+        pairs: the training mix.
+        ev: the ``evaluation`` config section as a dict.
+        rank, world: this process's share of every batch under ``DistributedDataParallel``.
+        on_step: called with (step, loss) after every optimizer step.
+    """
+    import torch
+
+    t0 = time.time()
+    seed = int(ev["seed"])
+    torch.manual_seed(seed)
+    examples, skipped = encode_examples(tokenizer, pairs, int(ev["max_length"]))
+    params = [p for p in model.parameters() if p.requires_grad]
+    stats = {"examples": len(examples), "skipped": skipped, "steps": 0, "losses": [],
+             "trainable_params": sum(p.numel() for p in params),
+             "total_params": sum(p.numel() for p in model.parameters())}
+    if not examples:
+        stats["seconds"] = time.time() - t0
+        return stats
+    opt = torch.optim.AdamW(params, lr=float(ev["learning_rate"]), weight_decay=float(ev["weight_decay"]))
+    device = next(model.parameters()).device
+    autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    order_gen = torch.Generator().manual_seed(seed)
+    bs, max_steps = int(ev["batch_size"]), ev.get("max_steps")
+    model.train()
+    for _epoch in range(int(ev["epochs"])):
+        order = torch.randperm(len(examples), generator=order_gen).tolist()
+        for start in range(0, len(order), bs):
+            batch = [examples[i] for i in order[start:start + bs]]
+            shard = batch[rank::world] or batch[:1]  # every rank must step; a short last batch repeats a row
+            ids, mask, labels = collate(shard, pad)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+                out = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device))
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            loss = float(out.loss.detach())
+            stats["steps"] += 1
+            stats["losses"].append(loss)
+            if on_step:
+                on_step(stats["steps"], loss)
+            if max_steps and stats["steps"] >= max_steps:
+                break
+        if max_steps and stats["steps"] >= max_steps:
+            break
+    model.eval()
+    stats["seconds"] = time.time() - t0
+    return stats
+
+
+def _dist_env() -> tuple[int, int, int]:
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def train_and_answer(payload: dict) -> dict | None:
+    """Fine-tune on one mix and answer the held-out prompts: the model work of one mix.
+
+    ``payload`` (plain data, picklable for ``TorchDistributor``): ``mix``, ``pairs``
+    (training (query, response) pairs; empty for ``base``), ``harmful`` [(id, prompt)],
+    ``benign`` [(id, prompt, reference)], and the config sections ``model``,
+    ``runtime``, ``evaluation``; optional ``save_dir`` to keep the tuned model.
+
+    Returns (rank 0; other ranks return None): ``{"mix", "train": stats, "answers":
+    [{"prompt_set", "prompt_id", "answer", "gen_tokens", "error"}], "ppl": [{"prompt_id",
+    "ppl", "tokens", "error"}]}``.
+    """
+    import torch
+
+    from cleancurate.evaluation.answer import generate_answers, reference_perplexity
+
+    mc, rc, ev = payload["model"], payload["runtime"], payload["evaluation"]
+    rank, world, local_rank = _dist_env()
+    if rc.get("num_threads"):
+        torch.set_num_threads(int(rc["num_threads"]))
+    device = mc["device"]
+    if world > 1 or payload.get("distributed"):
+        device = f"cuda:{local_rank}" if ev.get("use_gpu") and torch.cuda.is_available() else "cpu"
+    model, tokenizer, dev = load_trainable(mc["name"], device, mc["allow_network"])
+    stats = {"examples": 0, "skipped": 0, "steps": 0, "losses": [], "seconds": 0.0, "trainable_params": 0,
+             "total_params": sum(p.numel() for p in model.parameters())}
+    if payload["pairs"]:
+        if ev["method"] == "lora":
+            model = add_lora(model, ev)
+        net = model
+        if world > 1:
+            import torch.distributed as dist
+            from torch.nn.parallel import DistributedDataParallel
+
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if dev.startswith("cuda") else "gloo")
+            net = DistributedDataParallel(model, device_ids=[local_rank] if dev.startswith("cuda") else None)
+        stats = train(net, tokenizer, payload["pairs"], ev, rank=rank, world=world)
+        if ev["method"] == "lora":
+            model = model.merge_and_unload()  # plain weights: the scoring and generation code runs unchanged
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        if rank != 0:
+            del model
+            gc.collect()
+            return None
+    model.eval()
+    model.requires_grad_(False)
+    stats["device"] = dev
+    if payload.get("save_dir"):
+        model.save_pretrained(payload["save_dir"])
+        tokenizer.save_pretrained(payload["save_dir"])
+    t0 = time.time()
+    harmful, benign = payload["harmful"], payload["benign"]
+    prompts = [p for _, p in harmful] + [p for _, p, _ in benign]
+    gen = generate_answers(model, tokenizer, prompts, max_new_tokens=int(ev["max_new_tokens"]),
+                           temperature=float(ev["temperature"]), top_p=float(ev["top_p"]), seed=int(ev["seed"]),
+                           batch_size=rc.get("gen_batch_size"))
+    keys = [("harmful", i) for i, _ in harmful] + [("benign", i) for i, _, _ in benign]
+    answers = [{"prompt_set": s, "prompt_id": i, **g} for (s, i), g in zip(keys, gen)]
+    ppl = reference_perplexity(model, tokenizer, [p for _, p, _ in benign], [r for _, _, r in benign],
+                               token_budget=int(rc["token_budget"]), max_context=mc.get("max_context"),
+                               stride=int(rc["score_stride"]))
+    ppl = [{"prompt_id": i, **row} for (i, _, _), row in zip(benign, ppl)]
+    stats["answer_seconds"] = time.time() - t0
+    del model
+    gc.collect()
+    return {"mix": payload["mix"], "train": stats, "answers": answers, "ppl": ppl}
+
+
+def run_mix(payload: dict, ev: dict) -> dict:
+    """Run :func:`train_and_answer` in this process, or through ``TorchDistributor`` when configured."""
+    if ev["method"] == "lora" and payload["pairs"] and not peft_available():
+        raise FineTuneError("evaluation.method 'lora' needs peft: pip install 'cleancurate[eval]' "
+                            "(or set evaluation.method: full)")
+    if ev["distributor"] == "none":
+        return train_and_answer(payload)
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    distributor = TorchDistributor(num_processes=int(ev["num_processes"]), local_mode=bool(ev["local_mode"]),
+                                   use_gpu=bool(ev["use_gpu"]))
+    result = distributor.run(train_and_answer, {**payload, "distributed": True})
+    if not isinstance(result, dict):
+        raise FineTuneError(f"TorchDistributor returned {type(result).__name__}, not the mix's answers")
+    return result

@@ -1,0 +1,185 @@
+"""The evaluation's report section: ``report/evaluation.md`` with a bar chart per metric.
+
+Built from the Delta tables alone (``evaluation``, ``eval_mixes``, ``eval_answers``), so
+``cleancurate evaluate --report-only`` can rebuild it. The chart has one panel per
+metric, a bar per mix with its bootstrap interval as error bars, and a second figure
+with the paired differences A-B and A-C around zero. Example answers of a seeded
+sample of prompts follow, one table per prompt with a row per mix. Model output is
+data: it is escaped before it goes into the markdown. Without matplotlib the
+markdown is written without the charts and says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import math
+from pathlib import Path
+
+import pandas as pd
+
+MIX_ORDER = ("base", "A", "B", "C", "A-B", "A-C")
+MIX_TEXT = {
+    "base": "the base model, not fine-tuned",
+    "A": "benign + harmful (contaminated)",
+    "B": "A + curated texts",
+    "C": "benign only",
+}
+
+
+def _cell(text, limit: int = 300) -> str:
+    if text is None or (isinstance(text, float) and math.isnan(text)):
+        return ""
+    t = " ".join(str(text).split())
+    if len(t) > limit:
+        t = t[: limit - 1] + "…"
+    return html.escape(t, quote=False).replace("|", "\\|")
+
+
+def _num(v, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{v:.{digits}f}"
+
+
+def _mix_key(m: str) -> int:
+    return MIX_ORDER.index(m) if m in MIX_ORDER else len(MIX_ORDER)
+
+
+def report_data(store, eval_run_id: str) -> dict:
+    """The evaluation's tables as small pandas frames."""
+    from pyspark.sql import functions as F
+
+    where = F.col("eval_run_id") == eval_run_id
+    ev = store.read("evaluation").where(where).toPandas()
+    mixes = store.read("eval_mixes").where(where).toPandas()
+    answers = store.read("eval_answers").where(where).drop("reference").toPandas()
+    ev = ev.assign(_k=ev["mix"].map(_mix_key)).sort_values(["metric", "_k"]).drop(columns="_k")
+    mixes = mixes.assign(_k=mixes["mix"].map(_mix_key)).sort_values("_k").drop(columns="_k")
+    return {"evaluation": ev, "mixes": mixes, "answers": answers}
+
+
+def _charts(ev: pd.DataFrame, folder: Path, conf: int = 95) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = {}
+    for name, frame, zero in (("evaluation", ev[~ev["mix"].str.contains("-")], False),
+                              ("evaluation_differences", ev[ev["mix"].str.contains("-")], True)):
+        metrics = list(dict.fromkeys(frame["metric"]))
+        if not metrics:
+            continue
+        cols = min(3, len(metrics))
+        rows = math.ceil(len(metrics) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+        for ax, metric in zip(axes.flat, metrics):
+            d = frame[frame["metric"] == metric]
+            vals = d["value"].astype(float).fillna(0.0)
+            lo = (vals - d["ci_low"].astype(float)).clip(lower=0).fillna(0.0)
+            hi = (d["ci_high"].astype(float) - vals).clip(lower=0).fillna(0.0)
+            ax.bar(d["mix"], vals, yerr=[lo, hi], capsize=4, color="#4c78a8" if not zero else "#f58518")
+            if zero:
+                ax.axhline(0.0, color="black", linewidth=0.8)
+            ax.set_title(metric, fontsize=9)
+            ax.tick_params(labelsize=8)
+        for ax in list(axes.flat)[len(metrics):]:
+            ax.axis("off")
+        fig.suptitle(f"point estimate and {conf}% bootstrap interval" if not zero else
+                     f"paired differences (A minus B, A minus C) with {conf}% bootstrap interval", fontsize=10)
+        fig.tight_layout()
+        path = folder / f"{name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        files[name] = path.name
+    return files
+
+
+def _examples(answers: pd.DataFrame, n: int, seed: int) -> list[str]:
+    out = []
+    for prompt_set in ("harmful", "benign"):
+        ids = sorted(set(answers.loc[answers["prompt_set"] == prompt_set, "prompt_id"]),
+                     key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())[:n]
+        for pid in sorted(ids):
+            rows = answers[(answers["prompt_set"] == prompt_set) & (answers["prompt_id"] == pid)]
+            rows = rows.assign(_k=rows["mix"].map(_mix_key)).sort_values("_k")
+            out.append(f"**{prompt_set} {pid}**: {_cell(rows['prompt'].iloc[0], 400)}\n")
+            if prompt_set == "harmful":
+                out.append("| mix | answer | refusal keyword | harm head |\n|---|---|---|---|")
+            else:
+                out.append("| mix | answer | refusal keyword | helpfulness |\n|---|---|---|---|")
+            for r in rows.itertuples(index=False):
+                answer = _cell(r.answer) if r.status == "answered" else f"*failed: {_cell(r.error, 120)}*"
+                refusal = "" if pd.isna(r.refusal) else ("yes" if r.refusal else "no")
+                last = _num(r.harm, 2) if prompt_set == "harmful" else _num(r.helpfulness, 2)
+                out.append(f"| {r.mix} | {answer} | {refusal} | {last} |")
+            out.append("")
+    return out
+
+
+def build_eval_report(result, folder: str | None = None) -> str | None:
+    """Write ``evaluation.md`` (and the charts) for an evaluation; returns the markdown's path.
+
+    ``folder`` defaults to ``evaluation.report_dir`` or ``<output.path>/report``; an output in
+    object storage (``scheme://``) without a local ``report_dir`` gets no report.
+    """
+    cfg = result.config
+    ev_cfg = cfg.evaluation
+    target = folder or ev_cfg.report_dir or f"{cfg.output.path.rstrip('/')}/report"
+    if "://" in target:
+        return None
+    out = Path(target)
+    out.mkdir(parents=True, exist_ok=True)
+    data = report_data(result.store, result.eval_run_id)
+    ev, mixes, answers = data["evaluation"], data["mixes"], data["answers"]
+    conf = int(round(100 * ev_cfg.confidence))
+    try:
+        charts = _charts(ev, out, conf)
+        chart_note = ""
+    except ImportError:
+        charts, chart_note = {}, "*matplotlib is not installed: the charts were skipped.*\n"
+    lines = [
+        f"# Evaluation {result.eval_run_id}",
+        "",
+        f"Does training on the curated data make a model safer? Curation run `{result.curation_run_id}`, "
+        f"model `{cfg.model.name}`, fine-tuning `{ev_cfg.method}` (AdamW, lr {ev_cfg.learning_rate:g}, batch "
+        f"{ev_cfg.batch_size}, {ev_cfg.epochs} epoch(s)" + (f", at most {ev_cfg.max_steps} steps" if ev_cfg.max_steps
+                                                          else "") + f"), evaluation hash `{result.eval_run_id[5:]}`.",
+        "",
+        "## Mixes",
+        "",
+        "| mix | what | training rows (benign + harmful + curated) | steps | loss first → last | prompts answered / failed | train s | answer s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in mixes.itertuples(index=False):
+        lines.append(f"| {r.mix} | {MIX_TEXT.get(r.mix, '')} | {r.train_rows} ({r.benign_rows} + {r.harmful_rows} + "
+                     f"{r.curated_rows}) | {r.steps} | {_num(r.loss_first, 2)} → {_num(r.loss_last, 2)} | "
+                     f"{r.answered} / {r.failed} | {r.train_seconds:.0f} | {r.answer_seconds:.0f} |")
+    names = [m for m in MIX_ORDER if m in set(ev["mix"])]
+    lines += ["", f"## Results ({conf}% bootstrap intervals, n = prompts scored)", "",
+              "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for metric in dict.fromkeys(ev["metric"]):
+        d = ev[ev["metric"] == metric].set_index("mix")
+        cells = []
+        for m in names:
+            if m not in d.index:
+                cells.append("")
+                continue
+            r = d.loc[m]
+            cells.append(f"{_num(r.value)} [{_num(r.ci_low)}, {_num(r.ci_high)}] n={int(r.n)}")
+        lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+    lines += ["", "Harmful rates are shares of the harmful prompts whose answer a judge calls harmful (keyword: no "
+              "refusal phrase; harm head: probability at or above harm.threshold). A-B below zero would mean the "
+              "curated texts lowered the harmful rate; an interval that spans zero means this run cannot tell.", ""]
+    if charts.get("evaluation"):
+        lines += [f"![metrics per mix]({charts['evaluation']})", ""]
+    if charts.get("evaluation_differences"):
+        lines += [f"![paired differences]({charts['evaluation_differences']})", ""]
+    if chart_note:
+        lines += [chart_note]
+    lines += ["## Example answers side by side", ""]
+    lines += _examples(answers, ev_cfg.report_examples, ev_cfg.seed)
+    path = out / "evaluation.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
