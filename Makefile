@@ -7,6 +7,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV := $(BIN)/uv
 STAMP := $(VENV)/.installed
+# torch's OpenMP threads spin while idle; on a few shared cores (Spark driver + Python
+# workers) that made generation many times slower. Passive waiting changes no result.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: demo test install bench clean wheel
 
