@@ -167,11 +167,13 @@ def hf_generate(model, id_lists, max_new: int, device: str, static: bool):
     kw = dict(cache_implementation="static") if static else {}
     impl = model.config._attn_implementation
     model.config._attn_implementation = "sdpa"  # transformers as shipped (generate_batch switches the model)
-    with torch.inference_mode():
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
-                             temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=max_new,
-                             min_new_tokens=max_new, pad_token_id=0, **kw)
-    model.config._attn_implementation = impl
+    try:
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
+                                 temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=max_new,
+                                 min_new_tokens=max_new, pad_token_id=0, **kw)
+    finally:
+        model.config._attn_implementation = impl
     return int((out.shape[1] - longest) * out.shape[0])
 
 

@@ -423,8 +423,7 @@ def _generate_group(model, tokenizer, prompt_ids: list[list[int]], temps, top_ps
             if bool(ended.all()) or step == max_new_tokens - 1:
                 break
             if compact and bool(ended.any()):
-                keep_host = (~ended).nonzero().squeeze(1)
-                keep = keep_host.to(device)
+                keep = (~ended).nonzero().squeeze(1).to(device)
                 live, tok, pos, full_mask = live[keep], tok[keep], pos[keep], full_mask[keep]
                 past.reorder_cache(keep)
                 sampler.keep(keep)

@@ -89,8 +89,8 @@ def score_candidates(
         q["coverage"] = 1.0
     clean = q["clean_text"].tolist()
     score_kw = dict(token_budget=resolve_scoring_budget(lm.model, r["token_budget"]),
-                    compile=resolve_score_compile(lm.model, r.get("score_compile")), max_context=cfg["model"].get("max_context"),
-                    stride=r["score_stride"])
+                    compile=resolve_score_compile(lm.model, r.get("score_compile")),
+                    max_context=cfg["model"].get("max_context"), stride=r["score_stride"])
     p = score_batch(lm.model, lm.tokenizer, queries, clean, **score_kw)
     e = embed_scores_batch(encoder.model, encoder.tokenizer, queries, clean, originals, g["safety_anchor"],
                            m["helpful_anchor"], m["unhelpful_anchor"], harm_head=harm_head(cfg))

@@ -192,6 +192,7 @@ def train_and_answer(payload: dict) -> dict | None:
     """
     import torch
 
+    from cleancurate.batching import resolve_scoring_budget
     from cleancurate.evaluation.answer import generate_answers, reference_perplexity
 
     mc, rc, ev = payload["model"], payload["runtime"], payload["evaluation"]
@@ -241,7 +242,8 @@ def train_and_answer(payload: dict) -> dict | None:
     keys = [("harmful", i) for i, _ in harmful] + [("benign", i) for i, _, _ in benign]
     answers = [{"prompt_set": s, "prompt_id": i, **g} for (s, i), g in zip(keys, gen)]
     ppl = reference_perplexity(model, tokenizer, [p for _, p, _ in benign], [r for _, _, r in benign],
-                               token_budget=int(rc["token_budget"]), max_context=mc.get("max_context"),
+                               token_budget=resolve_scoring_budget(model, rc["token_budget"]),
+                               max_context=mc.get("max_context"),
                                stride=int(rc["score_stride"]))
     ppl = [{"prompt_id": i, **row} for (i, _, _), row in zip(benign, ppl)]
     stats["answer_seconds"] = time.time() - t0

@@ -30,6 +30,7 @@ from typing import Callable
 
 import pandas as pd
 
+from cleancurate.batching import resolve_scoring_budget
 from cleancurate.config import Config, ConfigError
 from cleancurate.evaluation import stats
 from cleancurate.evaluation.judges import harm_probabilities, helpfulness, is_refusal, keyword_harmful, llm_harm_scores
@@ -255,7 +256,8 @@ class EvaluationJob:
         if "llm" in ev.judges and idx_h:
             judge = self._llm(ev.judge_model or cfg.model.name)
             scores, errs = llm_harm_scores(judge, qh, ah, ev.judge_prompt,
-                                           token_budget=max(cfg.runtime.token_budget, 2048))
+                                           token_budget=max(resolve_scoring_budget(judge.model,
+                                                                                   cfg.runtime.token_budget), 2048))
             for i, s, e in zip(idx_h, scores, errs):
                 ok = e is None and math.isfinite(s)
                 df.at[i, "llm_score"] = s if ok else None
@@ -266,8 +268,9 @@ class EvaluationJob:
             m = cfg.to_dict()["metrics"]
             judge = self._llm(cfg.metrics.judge_model or cfg.model.name) if m["helpfulness"] == "judge" else None
             enc = self._encoder() if m["helpfulness"] != "judge" else None
+            budget = resolve_scoring_budget(judge.model, cfg.runtime.token_budget) if judge else cfg.runtime.token_budget
             vals, errs = helpfulness(m, enc, judge, df.loc[idx_b, "prompt"].tolist(), df.loc[idx_b, "answer"].tolist(),
-                                     token_budget=max(cfg.runtime.token_budget, 2048))
+                                     token_budget=max(budget or 0, 2048))
             for i, v, e in zip(idx_b, vals, errs):
                 df.at[i, "helpfulness"] = v if e is None and math.isfinite(v) else None
                 if e:
