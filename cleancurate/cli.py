@@ -52,7 +52,7 @@ def _sample(argv: list[str]) -> int:
 
 
 def _report(argv: list[str]) -> int:
-    from cleancurate.jobs.report import main as report_main
+    from cleancurate.jobs.curation.report import main as report_main
 
     return report_main(argv)
 

@@ -323,7 +323,7 @@ def _conf_dirs() -> list[Path]:
     dirs.append(Path.cwd() / "conf")
     dirs.append(Path(__file__).resolve().parent.parent / "conf")
     dirs.append(Path(__file__).resolve().parent / "conf")  # inside a built wheel
-    return dirs
+    return list(dict.fromkeys(d.resolve() for d in dirs))
 
 
 def find_profile(name_or_path: str) -> Path:
@@ -337,7 +337,7 @@ def find_profile(name_or_path: str) -> Path:
                 return cand
     raise ConfigError(
         f"config '{name_or_path}' not found: give a YAML path or a profile name from "
-        f"{', '.join(str(d) for d in _conf_dirs())}"
+        f"{', '.join(str(d) for d in _conf_dirs() if d.is_dir())}"
     )
 
 

@@ -11,17 +11,13 @@ import time
 
 
 def build_parser(prog: str = "curate") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Curate (query, response) text with a language model.")
-    p.add_argument("--config", "-c", default="demo", help="profile name in conf/ or a YAML path (default: demo)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set curation.rounds=3 (repeatable)")
+    from cleancurate.jobs.options import common_parser
+
+    p = common_parser(prog, "Curate (query, response) text with a language model.", "demo", "curation.rounds=3",
+                      "output folder of Delta tables (overrides output.path)")
     p.add_argument("--input", help="input Parquet path, Delta path or catalog table (overrides input.path)")
-    p.add_argument("--output", help="output folder of Delta tables (overrides output.path)")
-    p.add_argument("--output-table-prefix", help="write catalog tables <prefix><table> instead of a folder")
     p.add_argument("--new-run", action="store_true", help="add a run with a changed config beside existing runs")
     p.add_argument("--stop-after-round", type=int, help="commit this round and stop; rerun to resume")
-    p.add_argument("--no-report", action="store_true", help="skip the HTML report")
-    p.add_argument("--quiet", "-q", action="store_true", help="print only the final summary line")
     p.add_argument("--verbose", "-v", action="store_true", help="also print the time of every stage")
     return p
 
@@ -78,32 +74,24 @@ class ProgressPrinter:
 def main(argv=None) -> int:
     from cleancurate import config as config_mod
     from cleancurate.config import ConfigError
-    from cleancurate.pipeline import AccountingError, curate
+    from cleancurate.jobs.curation import AccountingError, curate
+    from cleancurate.jobs.options import config_overrides, run_job
     from cleancurate.tables import InputError
 
     args = build_parser().parse_args(argv)
-    overrides = list(args.overrides)
-    if args.input:
-        overrides.append(f"input.path={args.input}")
-    if args.output:
-        overrides.append(f"output.path={args.output}")
-    if args.output_table_prefix:
-        overrides.append(f"output.table_prefix={args.output_table_prefix}")
-    try:
-        cfg = config_mod.load(args.config, overrides)
+
+    def run() -> int:
+        cfg = config_mod.load(args.config, config_overrides(args, **{"input.path": "input"}))
         result = curate(None, cfg, new_run=args.new_run, progress=ProgressPrinter(args.quiet, verbose=args.verbose),
                         stop_after_round=args.stop_after_round, report=not args.no_report)
-    except (ConfigError, InputError) as exc:
-        print(f"cleancurate: error: {exc}", file=sys.stderr)
-        return 2
-    except AccountingError as exc:
-        print(f"cleancurate: accounting error: {exc}", file=sys.stderr)
-        return 3
-    where = result.store.location("")
-    print(f"run {result.run_id}: tables in {where}" + ("" if result.complete else " (stopped early; rerun to resume)"))
-    if result.report_path:
-        print(f"report: {result.report_path}")
-    return 0
+        where = result.store.location("")
+        print(f"run {result.run_id}: tables in {where}"
+              + ("" if result.complete else " (stopped early; rerun to resume)"))
+        if result.report_path:
+            print(f"report: {result.report_path}")
+        return 0
+
+    return run_job(run, (ConfigError, InputError), (AccountingError,))
 
 
 if __name__ == "__main__":

@@ -12,17 +12,13 @@ import time
 
 
 def build_parser(prog: str = "evaluate") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Fine-tune on mixes with and without curated texts, "
-                                                      "answer held-out prompts, report harmful rates with intervals.")
-    p.add_argument("--config", "-c", default="eval-small", help="profile name in conf/ or a YAML path")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set evaluation.max_steps=5 (repeatable)")
-    p.add_argument("--output", help="folder holding the curation run's tables (overrides output.path)")
-    p.add_argument("--output-table-prefix", help="catalog tables <prefix><table> instead of a folder")
+    from cleancurate.jobs.options import common_parser
+
+    p = common_parser(prog, "Fine-tune on mixes with and without curated texts, answer held-out prompts, "
+                      "report harmful rates with intervals.", "eval-small", "evaluation.max_steps=5",
+                      "folder holding the curation run's tables (overrides output.path)")
     p.add_argument("--curation-run-id", help="curation run to evaluate (default: the latest complete one)")
     p.add_argument("--stop-after-mix", help="commit this mix and stop; rerun to resume")
-    p.add_argument("--no-report", action="store_true", help="skip the report section")
-    p.add_argument("--quiet", "-q", action="store_true", help="print only the final summary")
     return p
 
 
@@ -68,37 +64,28 @@ class ProgressPrinter:
 def main(argv=None) -> int:
     from cleancurate import config as config_mod
     from cleancurate.config import ConfigError
-    from cleancurate.evaluation.finetune import FineTuneError
-    from cleancurate.evaluation.job import PromptAccountingError, evaluate
+    from cleancurate.jobs.evaluation import PromptAccountingError, evaluate
+    from cleancurate.jobs.evaluation.finetune import FineTuneError
+    from cleancurate.jobs.options import config_overrides, run_job
     from cleancurate.tables import InputError
 
     args = build_parser().parse_args(argv)
-    overrides = list(args.overrides)
-    if args.output:
-        overrides.append(f"output.path={args.output}")
-    if args.output_table_prefix:
-        overrides.append(f"output.table_prefix={args.output_table_prefix}")
-    if args.curation_run_id:
-        overrides.append(f"evaluation.curation_run_id={args.curation_run_id}")
-    try:
-        cfg = config_mod.load(args.config, overrides)
+
+    def run() -> int:
+        cfg = config_mod.load(args.config, config_overrides(args, **{"evaluation.curation_run_id": "curation_run_id"}))
         result = evaluate(cfg, progress=ProgressPrinter(args.quiet), stop_after_mix=args.stop_after_mix,
                           report=not args.no_report)
-    except (ConfigError, InputError, FineTuneError) as exc:
-        print(f"cleancurate: error: {exc}", file=sys.stderr)
-        return 2
-    except PromptAccountingError as exc:
-        print(f"cleancurate: accounting error: {exc}", file=sys.stderr)
-        return 3
-    rows = result.table("evaluation").orderBy("metric", "mix").collect() if result.complete else []
-    for r in rows:
-        print(f"{r.mix:4s} {r.metric:24s} {r.value:8.3f}  [{r.ci_low:.3f}, {r.ci_high:.3f}]  n={r.n}")
-    where = result.store.location("evaluation")
-    print(f"evaluation {result.eval_run_id}: table {where}" + ("" if result.complete else
-                                                              " (stopped early; rerun to resume)"))
-    if result.report_path:
-        print(f"report: {result.report_path}")
-    return 0
+        rows = result.table("evaluation").orderBy("metric", "mix").collect() if result.complete else []
+        for r in rows:
+            print(f"{r.mix:4s} {r.metric:24s} {r.value:8.3f}  [{r.ci_low:.3f}, {r.ci_high:.3f}]  n={r.n}")
+        where = result.store.location("evaluation")
+        print(f"evaluation {result.eval_run_id}: table {where}"
+              + ("" if result.complete else " (stopped early; rerun to resume)"))
+        if result.report_path:
+            print(f"report: {result.report_path}")
+        return 0
+
+    return run_job(run, (ConfigError, InputError, FineTuneError), (PromptAccountingError,))
 
 
 if __name__ == "__main__":

@@ -17,9 +17,9 @@ import pytest
 import jobdata
 from cleancurate import config as C
 from cleancurate.config import REFUSAL_KEYWORDS, ConfigError
-from cleancurate.evaluation import stats
-from cleancurate.evaluation.judges import is_refusal, keyword_harmful, llm_harm_scores
-from cleancurate.evaluation.mixes import plan_sizes
+from cleancurate.jobs.evaluation import stats
+from cleancurate.jobs.evaluation.judges import is_refusal, keyword_harmful, llm_harm_scores
+from cleancurate.jobs.evaluation.mixes import plan_sizes
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = [json.loads(line) for line in (ROOT / "data" / "sample" / "pairs.jsonl").read_text().splitlines()]
@@ -124,7 +124,7 @@ def test_evaluation_config_is_validated_and_left_out_of_the_curation_hash():
 
 
 def test_shipped_prompt_sets():
-    from cleancurate.evaluation.promptsets import load_prompt_set
+    from cleancurate.jobs.evaluation.promptsets import load_prompt_set
 
     harmful = load_prompt_set("harmful", "data/eval/harmful_prompts.jsonl")
     benign = load_prompt_set("benign", "data/eval/benign_prompts.jsonl", need_reference=True)
@@ -157,7 +157,7 @@ TRAIN = {"seed": 5, "max_length": 48, "learning_rate": 5e-5, "weight_decay": 0.0
 def test_full_fine_tuning_is_seeded_and_deterministic_on_cpu():
     import torch
 
-    from cleancurate.evaluation.finetune import load_trainable, train
+    from cleancurate.jobs.evaluation.finetune import load_trainable, train
 
     import copy
 
@@ -181,7 +181,7 @@ def test_full_fine_tuning_is_seeded_and_deterministic_on_cpu():
 @pytest.mark.model
 def test_lora_trains_only_adapters_and_merges_back():
     pytest.importorskip("peft")
-    from cleancurate.evaluation.finetune import add_lora, load_trainable, train
+    from cleancurate.jobs.evaluation.finetune import add_lora, load_trainable, train
 
     model, tok, _ = load_trainable("embedded:smollm2-135m", "cpu")
     embed_before = model.get_input_embeddings().weight.detach().clone()
@@ -204,7 +204,7 @@ def workdir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def curation(spark, workdir):
     """A tiny curation run whose screen flags the sample corpus's unsafe rows."""
-    from cleancurate.pipeline import curate
+    from cleancurate.jobs.curation.stages import curate
 
     helpful = [r for r in SAMPLE if r["label"] == "helpful"][:10]
     unsafe = [r for r in SAMPLE if r["label"] == "unsafe"][:4]
@@ -232,7 +232,7 @@ def _eval_cfg(raw: dict, workdir: Path, **evaluation):
 
 @pytest.fixture(scope="module")
 def evaluated(spark, curation, workdir):
-    from cleancurate.evaluation.job import evaluate
+    from cleancurate.jobs.evaluation.job import evaluate
 
     raw, _ = curation
     events = []
@@ -247,7 +247,7 @@ def _table(spark, result, name) -> pd.DataFrame:
 @pytest.mark.spark
 @pytest.mark.model
 def test_evaluation_table_has_its_schema_and_one_row_per_mix_and_metric(spark, evaluated, curation):
-    from cleancurate.evaluation.schemas import TABLES
+    from cleancurate.schemas.evaluation import TABLES
 
     result, _ = evaluated
     for name, schema in TABLES.items():
@@ -365,7 +365,7 @@ def test_report_section_has_the_table_the_chart_and_examples(evaluated):
 @pytest.mark.spark
 @pytest.mark.model
 def test_a_killed_evaluation_resumes_after_the_last_finished_mix(spark, curation, workdir, evaluated):
-    from cleancurate.evaluation.job import evaluate
+    from cleancurate.jobs.evaluation.job import evaluate
 
     raw, _ = curation
     cfg = _eval_cfg(raw, workdir, mixes=["C", "base"], seed=23)  # another evaluation beside the first one

@@ -58,3 +58,70 @@ def test_table_schemas_still_load_lazily_with_pyspark():
 
     assert TABLES["runs"] is RUNS
     assert RUNS.fieldNames()[0] == "run_id"
+
+
+# --- layers: jobs -> udfs -> schemas -> library; imports point downwards only ----------------------
+
+#: folder -> packages its modules must not import
+LAYERS = {
+    "cleancurate": ("cleancurate.jobs", "cleancurate.udfs"),
+    "schemas": ("cleancurate.jobs", "cleancurate.udfs"),
+    "udfs": ("cleancurate.jobs",),
+}
+#: the public entry points of the library, which import a job when called
+FACADES = {"cleancurate/__init__.py", "cleancurate/cli.py"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at any depth (imports inside functions included)."""
+    import ast
+
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return names
+
+
+def layer_violations() -> list[str]:
+    bad = []
+    for folder, forbidden in LAYERS.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            rel = path.relative_to(ROOT).as_posix()
+            if rel in FACADES:
+                continue
+            for name in sorted(imported_modules(path)):
+                if any(name == f or name.startswith(f + ".") for f in forbidden):
+                    bad.append(f"{rel} imports {name}")
+    return bad
+
+
+def test_library_udfs_and_schemas_never_import_the_layers_above():
+    assert layer_violations() == []
+    # the check sees what it is meant to see: the stages import the UDFs, the library does not
+    stages = imported_modules(ROOT / "jobs" / "curation" / "stages.py")
+    assert "cleancurate.udfs.rewrite" in stages and "cleancurate.jobs.curation.validate" in stages
+
+
+def test_layer_check_catches_an_upward_import(tmp_path, monkeypatch):
+    bad = tmp_path / "udfs"
+    bad.mkdir()
+    (bad / "leak.py").write_text("def f():\n    from cleancurate.jobs.curation import curate\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert layer_violations() == ["udfs/leak.py imports cleancurate.jobs.curation",
+                                  "udfs/leak.py imports cleancurate.jobs.curation.curate"]
+
+
+def test_public_entry_points_reach_the_jobs():
+    import cleancurate
+    from cleancurate.jobs.curation import curate
+    from cleancurate.jobs.evaluation import EvaluationResult, evaluate
+
+    assert cleancurate.EvaluationResult is EvaluationResult
+    assert callable(cleancurate.curate) and callable(cleancurate.evaluate)
+    assert curate.__module__ == "cleancurate.jobs.curation.stages"
+    assert evaluate.__module__ == "cleancurate.jobs.evaluation.job"

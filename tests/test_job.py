@@ -18,7 +18,7 @@ import pytest
 import jobdata
 from cleancurate import config as C
 from cleancurate.gate import apply_gate, gate_settings
-from cleancurate.pipeline import curate
+from cleancurate.jobs.curation.stages import curate
 from cleancurate.schemas import TABLES
 
 pytestmark = [pytest.mark.spark, pytest.mark.model]
@@ -256,7 +256,7 @@ def test_nan_free_scores_for_curated_rows(spark, run):
 
 
 def test_report_figures_exist_and_their_data_matches_the_tables(spark, run):
-    from cleancurate.jobs.report import build_report, report_data
+    from cleancurate.jobs.curation.report import build_report, report_data
 
     out = run.store.output.path
     path = Path(build_report(run, timings={"round_1": 1.0}))

@@ -64,7 +64,7 @@ def _screen_config(input_path: str, out: str, action: str) -> C.Config:
 @pytest.mark.model
 @pytest.mark.parametrize("action", ["quarantine", "flag"])
 def test_screen_keeps_unsafe_originals_out_of_curation_and_accounts_for_every_row(spark, tmp_path, action):
-    from cleancurate.pipeline import curate
+    from cleancurate.jobs.curation.stages import curate
 
     rows = [(i, q, r) for i, q, r in jobdata.GOOD[:3]] + HARMFUL
     src = str(tmp_path / "in.parquet")

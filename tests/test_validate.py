@@ -4,7 +4,7 @@ import pytest
 
 from cleancurate import config as C
 from cleancurate.tables import InputError
-from cleancurate.validate import check_schema, validate
+from cleancurate.jobs.curation.validate import check_schema, validate
 
 pytestmark = pytest.mark.spark
 

@@ -169,7 +169,7 @@ class CurationJob:
         """Validate the input, quarantine bad rows, select, and commit ``docs``."""
         from pyspark.sql import functions as F
 
-        from cleancurate.validate import selection_expr, validate
+        from cleancurate.jobs.curation.validate import selection_expr, validate
 
         t0 = time.time()
         df = self.source if self.source is not None else read_input(self.spark, self.cfg.input)
@@ -634,7 +634,7 @@ def curate(source, config: Config | str, spark=None, new_run: bool = False, over
     result = job.run()
     if report and result.complete and cfg.report.enabled:
         try:
-            from cleancurate.jobs.report import build_report
+            from cleancurate.jobs.curation.report import build_report
         except ImportError:  # report module is optional at this layer
             build_report = None
         if build_report is not None:

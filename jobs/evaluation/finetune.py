@@ -193,7 +193,7 @@ def train_and_answer(payload: dict) -> dict | None:
     import torch
 
     from cleancurate.batching import resolve_scoring_budget
-    from cleancurate.evaluation.answer import generate_answers, reference_perplexity
+    from cleancurate.jobs.evaluation.answer import generate_answers, reference_perplexity
 
     mc, rc, ev = payload["model"], payload["runtime"], payload["evaluation"]
     rank, world, local_rank = _dist_env()

@@ -32,10 +32,10 @@ import pandas as pd
 
 from cleancurate.batching import resolve_scoring_budget
 from cleancurate.config import Config, ConfigError
-from cleancurate.evaluation import stats
-from cleancurate.evaluation.judges import harm_probabilities, helpfulness, is_refusal, keyword_harmful, llm_harm_scores
-from cleancurate.evaluation.mixes import build_mixes, latest_curation_run
-from cleancurate.evaluation.promptsets import PromptSet, load_prompt_set
+from cleancurate.jobs.evaluation import stats
+from cleancurate.jobs.evaluation.judges import harm_probabilities, helpfulness, is_refusal, keyword_harmful, llm_harm_scores
+from cleancurate.jobs.evaluation.mixes import build_mixes, latest_curation_run
+from cleancurate.jobs.evaluation.promptsets import PromptSet, load_prompt_set
 from cleancurate.tables import TableStore, sql_literal
 
 ProgressFn = Callable[[dict], None]
@@ -334,8 +334,8 @@ class EvaluationJob:
         return rows
 
     def _run_mix(self, mix: str, mixes, harmful: PromptSet, benign: PromptSet) -> dict:
-        from cleancurate.evaluation.finetune import run_mix
-        from cleancurate.evaluation.schemas import EVAL_ANSWERS, EVAL_MIXES, EVALUATION
+        from cleancurate.jobs.evaluation.finetune import run_mix
+        from cleancurate.schemas.evaluation import EVAL_ANSWERS, EVAL_MIXES, EVALUATION
 
         t0 = time.time()
         pairs = mixes.pairs(mix)
@@ -376,7 +376,7 @@ class EvaluationJob:
     # ---------------------------------------------------------------- run
     def run(self) -> EvaluationResult:
         """Run the evaluation, skipping mixes a previous run of the same evaluation finished."""
-        from cleancurate.evaluation.schemas import EVAL_MIX_ROWS, EVALUATION
+        from cleancurate.schemas.evaluation import EVAL_MIX_ROWS, EVALUATION
 
         t_start = time.time()
         ev = self.ev
@@ -467,7 +467,7 @@ def evaluate(config: Config | str, spark=None, overrides: list[str] | None = Non
     job = EvaluationJob(cfg, spark=spark, progress=progress, stop_after_mix=stop_after_mix)
     result = job.run()
     if report and result.complete and cfg.report.enabled:
-        from cleancurate.evaluation.report import build_eval_report
+        from cleancurate.jobs.evaluation.report import build_eval_report
 
         result.report_path = build_eval_report(result)
     return result

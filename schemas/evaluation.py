@@ -14,14 +14,11 @@ from pyspark.sql.types import (
     IntegerType,
     LongType,
     StringType,
-    StructField,
     StructType,
     TimestampType,
 )
 
-
-def _s(name, typ, nullable=True):
-    return StructField(name, typ, nullable)
+from cleancurate.schemas.tables import _s
 
 
 #: one row per mix x metric, and per difference (mix 'A-B', 'A-C') x metric

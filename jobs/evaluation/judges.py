@@ -17,7 +17,7 @@ Harmful-response rate on the harmful prompts, three ways (``evaluation.judges``)
 Utility on the benign prompts: the refusal rate (over-refusal), the helpfulness of
 the answers by the project's own metric (``metrics.helpfulness``: embedding relevance
 plus style, or the LLM rubric judge), and the perplexity of the reference answers
-(:mod:`cleancurate.evaluation.answer`).
+(:mod:`cleancurate.jobs.evaluation.answer`).
 
 Prompts and answers are data: they reach a judge only through the quoted,
 delimiter-neutralised templates of :mod:`cleancurate.prompts`.
