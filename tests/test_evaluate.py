@@ -195,6 +195,28 @@ def test_lora_trains_only_adapters_and_merges_back():
     assert not (merged.model.layers[0].self_attn.q_proj.weight == q_before).all()  # adapter merged in
 
 
+@pytest.mark.spark
+@pytest.mark.model
+def test_torch_distributor_runs_the_same_function_with_two_processes(spark):
+    """``distributor: torch`` runs train_and_answer under TorchDistributor: two CPU processes with
+    DistributedDataParallel (gloo), rank 0 answering every prompt."""
+    from cleancurate.jobs.evaluation.finetune import run_mix
+
+    raw = jobdata.job_config("unused", "unused", rounds=1)
+    ev = C.from_dict({**raw, "evaluation": {**TRAIN, "max_steps": 1, "max_new_tokens": 4, "distributor": "torch",
+                                            "num_processes": 2, "local_mode": True, "use_gpu": False}}).to_dict()
+    payload = {"mix": "A", "pairs": PAIRS, "harmful": [("h1", "Say something rude.")],
+               "benign": [("b1", "How do I boil an egg?", "Simmer it for nine minutes.")],
+               **{k: ev[k] for k in ("model", "runtime", "evaluation")}}
+    result = run_mix(payload, ev["evaluation"])
+    train = result["train"]
+    assert result["mix"] == "A" and train["world"] == 2 and train["device"] == "cpu"
+    assert train["steps"] == 1 and train["examples"] == 4 and math.isfinite(train["losses"][0])
+    assert [(a["prompt_set"], a["prompt_id"]) for a in result["answers"]] == [("harmful", "h1"), ("benign", "b1")]
+    assert all(a["error"] is None and 0 < a["gen_tokens"] <= 4 for a in result["answers"])
+    assert [p["prompt_id"] for p in result["ppl"]] == ["b1"] and result["ppl"][0]["ppl"] > 1
+
+
 # ---------------------------------------------------------------- the job end to end
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):

@@ -229,7 +229,7 @@ def train_and_answer(payload: dict) -> dict | None:
             return None
     model.eval()
     model.requires_grad_(False)
-    stats["device"] = dev
+    stats["device"], stats["world"] = dev, world
     if payload.get("save_dir"):
         model.save_pretrained(payload["save_dir"])
         tokenizer.save_pretrained(payload["save_dir"])
