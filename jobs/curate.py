@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     from cleancurate import config as config_mod
     from cleancurate.config import ConfigError
     from cleancurate.jobs.curation import AccountingError, curate
-    from cleancurate.jobs.options import config_overrides, run_job
+    from cleancurate.jobs.options import config_overrides, print_outcome, run_job
     from cleancurate.tables import InputError
 
     args = build_parser().parse_args(argv)
@@ -84,11 +84,8 @@ def main(argv=None) -> int:
         cfg = config_mod.load(args.config, config_overrides(args, **{"input.path": "input"}))
         result = curate(None, cfg, new_run=args.new_run, progress=ProgressPrinter(args.quiet, verbose=args.verbose),
                         stop_after_round=args.stop_after_round, report=not args.no_report)
-        where = result.store.location("")
-        print(f"run {result.run_id}: tables in {where}"
-              + ("" if result.complete else " (stopped early; rerun to resume)"))
-        if result.report_path:
-            print(f"report: {result.report_path}")
+        print_outcome(f"run {result.run_id}", f"tables in {result.store.location('')}", result.complete,
+                      result.report_path)
         return 0
 
     return run_job(run, (ConfigError, InputError), (AccountingError,))

@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     from cleancurate.config import ConfigError
     from cleancurate.jobs.evaluation import PromptAccountingError, evaluate
     from cleancurate.jobs.evaluation.finetune import FineTuneError
-    from cleancurate.jobs.options import config_overrides, run_job
+    from cleancurate.jobs.options import config_overrides, print_outcome, run_job
     from cleancurate.tables import InputError
 
     args = build_parser().parse_args(argv)
@@ -78,11 +78,8 @@ def main(argv=None) -> int:
         rows = result.table("evaluation").orderBy("metric", "mix").collect() if result.complete else []
         for r in rows:
             print(f"{r.mix:4s} {r.metric:24s} {r.value:8.3f}  [{r.ci_low:.3f}, {r.ci_high:.3f}]  n={r.n}")
-        where = result.store.location("evaluation")
-        print(f"evaluation {result.eval_run_id}: table {where}"
-              + ("" if result.complete else " (stopped early; rerun to resume)"))
-        if result.report_path:
-            print(f"report: {result.report_path}")
+        print_outcome(f"evaluation {result.eval_run_id}", f"table {result.store.location('evaluation')}",
+                      result.complete, result.report_path)
         return 0
 
     return run_job(run, (ConfigError, InputError, FineTuneError), (PromptAccountingError,))

@@ -31,6 +31,13 @@ def config_overrides(args: argparse.Namespace, **paths: str) -> list[str]:
     return overrides
 
 
+def print_outcome(what: str, where: str, complete: bool, report_path: str | None) -> None:
+    """The last lines of a job on stdout: what it wrote and where, and the report."""
+    print(f"{what}: {where}" + ("" if complete else " (stopped early; rerun to resume)"))
+    if report_path:
+        print(f"report: {report_path}")
+
+
 def run_job(fn: Callable[[], int], user_errors: tuple, accounting_errors: tuple) -> int:
     """Run ``fn``; a config or input problem exits 2, rows that do not add up exit 3, each with one line."""
     try:

@@ -153,6 +153,26 @@ TRAIN = {"seed": 5, "max_length": 48, "learning_rate": 5e-5, "weight_decay": 0.0
          "lora_target_modules": ["q_proj", "v_proj"]}
 
 
+@pytest.mark.parametrize("method, device, expected", [
+    ("full", "cpu", "float32"), ("lora", "cpu", "float32"), ("full", "cuda:0", "float32"),
+])
+def test_weights_dtype_keeps_trained_weights_in_float32(method, device, expected):
+    from cleancurate.jobs.evaluation.finetune import weights_dtype
+
+    assert weights_dtype(method, device) == expected
+
+
+def test_lora_on_a_bfloat16_gpu_keeps_the_frozen_base_in_bfloat16(monkeypatch):
+    import torch
+
+    from cleancurate.jobs.evaluation.finetune import weights_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert weights_dtype("lora", "cuda:1") == "bfloat16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert weights_dtype("lora", "cuda:1") == "float32"
+
+
 @pytest.mark.model
 def test_full_fine_tuning_is_seeded_and_deterministic_on_cpu():
     import torch

@@ -42,8 +42,25 @@ def peft_available() -> bool:
     return importlib.util.find_spec("peft") is not None
 
 
-def load_trainable(spec: str, device: str = "auto", allow_network: bool = False):
-    """A fresh float32 copy of the model and its tokenizer on ``device`` (nothing downloaded, no remote code).
+def weights_dtype(method: str, device: str) -> str:
+    """The dtype the model is loaded in for fine-tuning.
+
+    Full fine-tuning trains every weight: float32. LoRA trains only adapters (created in
+    float32 by peft), so on a GPU with bfloat16 the frozen base is kept in bfloat16: 2
+    bytes per parameter instead of 4 (16 GB instead of 32 GB for an 8B model), the
+    matmuls run in bfloat16 under autocast either way.
+    """
+    if method == "lora" and device.startswith("cuda"):
+        import torch
+
+        if torch.cuda.is_bf16_supported():
+            return "bfloat16"
+    return "float32"
+
+
+def load_trainable(spec: str, device: str = "auto", allow_network: bool = False, method: str = "full"):
+    """A fresh copy of the model (dtype from :func:`weights_dtype`) and its tokenizer on ``device``
+    (nothing downloaded, no remote code).
 
     Returns:
         (model, tokenizer, device string).
@@ -62,7 +79,8 @@ def load_trainable(spec: str, device: str = "auto", allow_network: bool = False)
     tokenizer = AutoTokenizer.from_pretrained(path, **opts)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **opts)
+    dtype = getattr(torch, weights_dtype(method, dev))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **opts)
     return model.to(dev), tokenizer, dev
 
 
@@ -202,7 +220,7 @@ def train_and_answer(payload: dict) -> dict | None:
     device = mc["device"]
     if world > 1 or payload.get("distributed"):
         device = f"cuda:{local_rank}" if ev.get("use_gpu") and torch.cuda.is_available() else "cpu"
-    model, tokenizer, dev = load_trainable(mc["name"], device, mc["allow_network"])
+    model, tokenizer, dev = load_trainable(mc["name"], device, mc["allow_network"], method=ev["method"])
     stats = {"examples": 0, "skipped": 0, "steps": 0, "losses": [], "seconds": 0.0, "trainable_params": 0,
              "total_params": sum(p.numel() for p in model.parameters())}
     if payload["pairs"]:
