@@ -166,6 +166,7 @@ class RuntimeConfig:
     token_budget: int | None = 1024  # None: scoring budget from the GPU's memory (CPU: 1024)
     arrow_batch_rows: int = 64
     gen_batch_size: int | None = 16  # None: rows and token budget from the GPU's memory (CPU: 16)
+    gen_refill: bool = False  # continuous batching of generation (dynamic KV cache); may change texts
     score_stride: int = 512
     score_compile: bool | None = None  # None: scoring body compiled on CUDA, eager on CPU
     partitions: int | None = None  # None: Spark's default parallelism

@@ -22,19 +22,13 @@ SCRIPTS = {  # the last character of a prompt picks what the model writes
 }
 
 
-class ScriptCache:
-    """Stands in for a KV cache: remembers each row's script and where its generation started."""
-
-    def __init__(self, scripts, starts):
-        self.scripts, self.starts = list(scripts), list(starts)
-
-    def reorder_cache(self, idx):
-        self.scripts = [self.scripts[i] for i in idx.tolist()]
-        self.starts = [self.starts[i] for i in idx.tolist()]
-
-
 class ScriptLM(torch.nn.Module):
-    """Next-token logits that spell each row's script, then end-of-sequence; '!' in a prompt fails."""
+    """Next-token logits that spell each row's script, then end-of-sequence; '!' in a prompt fails.
+
+    Its KV cache is a real transformers ``DynamicCache`` with one layer whose every column
+    holds (script, position where generation started) for its row, so the decode loops can
+    reorder, grow and merge it like a model's; the last column tells a step what to write.
+    """
 
     vocab = 128
 
@@ -44,6 +38,7 @@ class ScriptLM(torch.nn.Module):
         self.config = SimpleNamespace(vocab_size=self.vocab)
         self.fed_after_done: list[int] = []
         self.decode_rows: list[int] = []  # rows in each decode step's batch
+        self.prefill_rows: list[int] = []  # prompts in each prefill
 
     def _logits(self, tokens):
         out = torch.full((len(tokens), 1, self.vocab), -1e4)
@@ -53,24 +48,32 @@ class ScriptLM(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None,
                 logits_to_keep=1):
+        from transformers import DynamicCache
+
         if past_key_values is None:  # prefill: one row per distinct prompt
-            scripts, starts = [], []
-            for seq, m in zip(input_ids.tolist(), attention_mask.tolist()):
+            state = []
+            for r, (seq, m) in enumerate(zip(input_ids.tolist(), attention_mask.tolist())):
                 text = "".join(chr((t - 3) % 97) for t, keep in zip(seq, m) if keep)
                 if "!" in text:
                     raise RuntimeError("this prompt breaks the model")
-                # CharTokenizer.decode maps an id to chr(id): write the script's code points
-                scripts.append([ord(ch) for ch in SCRIPTS[text[-1]]] + [EOS])
-                starts.append(int(position_ids[len(scripts) - 1, -1]))
-            cache = ScriptCache(scripts, starts)
+                state.append([float(text[-1]), float(position_ids[r, -1])])
+            cols = torch.tensor(state)[:, None, None, :].expand(-1, 1, input_ids.shape[1], 2).contiguous()
+            cache = DynamicCache()
+            cache.update(cols, cols.clone(), 0)
+            self.prefill_rows.append(len(state))
         else:
             cache = past_key_values
             self.decode_rows.append(len(input_ids))
+            last = cache.layers[0].keys[:, :, -1:].clone()
+            cache.update(last, last.clone(), 0)
+        state = cache.layers[0].keys[:, 0, -1]
         nxt = []
-        for r in range(len(cache.scripts)):
-            k = int(position_ids[r, -1]) - cache.starts[r]
-            nxt.append(cache.scripts[r][k] if k < len(cache.scripts[r]) else EOS)
-            if past_key_values is not None and k > len(cache.scripts[r]):
+        for r in range(len(state)):
+            # CharTokenizer.decode maps an id to chr(id): write the script's code points
+            script = [ord(ch) for ch in SCRIPTS[str(int(state[r, 0]))]] + [EOS]
+            k = int(position_ids[r, -1]) - int(state[r, 1])
+            nxt.append(script[k] if k < len(script) else EOS)
+            if past_key_values is not None and k > len(script):
                 self.fed_after_done.append(int(input_ids[r, -1]))
         return SimpleNamespace(logits=self._logits(nxt), past_key_values=cache)
 
@@ -88,10 +91,11 @@ def test_rows_stop_at_their_own_end_and_unfinished_ones_are_trimmed():
     assert set(lm.fed_after_done) <= {CharTokenizer.pad_token_id}
 
 
-def test_finished_rows_leave_a_dynamic_batch():
+@pytest.mark.parametrize("refill", [False, True])
+def test_finished_rows_leave_a_dynamic_batch(refill):
     lm = ScriptLM()
     out = generate_batch(lm, CharTokenizer(), ["query 3", "query 1", "query 2"], [0.0] * 3, [1.0] * 3, [1, 2, 3],
-                         max_new_tokens=30, decode="dynamic")
+                         max_new_tokens=30, decode="dynamic", refill=refill)
     assert out["gen_tokens"].tolist() == [0, 9, 30]
     # the empty row ends at the first token and "Hi there." at the tenth (its stop token):
     # each leaves the batch right then, so the 29 decode steps run 2 rows 9 times, then 1
@@ -243,7 +247,7 @@ def test_auto_decode_and_batch_size_keep_the_cpu_defaults(tiny_llama, monkeypatc
     out = generate_batch(tiny_llama, CharTokenizer(), prompts, temps, tops, seeds, max_new_tokens=4,
                          batch_size=None, stats=stats)
     assert seen == [(10**12, 16)]
-    assert stats["decode"] == "dynamic"
+    assert stats["decode"] == "dynamic" and stats["refill"] is False  # continuous batching is opt-in
     assert out["error"].isna().all() and len(out) == 20
     # the config spells auto as null; it changes where and how fast, not the config hash
     from cleancurate.config import load
@@ -265,6 +269,167 @@ def test_dropping_finished_rows_does_not_change_texts(tiny_llama):
 def test_unknown_decode_mode_is_an_error(tiny_llama):
     with pytest.raises(ValueError, match="decode must be one of"):
         generate_batch(tiny_llama, CharTokenizer(), ["p"], [1.0], [1.0], [1], max_new_tokens=2, decode="fast")
+
+
+# --- continuous batching ------------------------------------------------------------------------
+
+
+def test_refill_keeps_the_batch_full_and_returns_rows_in_input_order():
+    lm = ScriptLM()
+    # scripts of 9 tokens ("1"), 30+ (cut at 30, "2") and none ("3"); queue order: 1 1 1 2 2 3 3
+    prompts = ["q 2", "q 1", "q 3", "q 1", "q 2", "q 3", "q 1"]
+    stats: dict = {}
+    out = generate_batch(lm, CharTokenizer(), prompts, [0.0, 1.0, 0.7, 0.0, 1.0, 0.0, 0.4], [1.0, 0.5, 1.0] * 2 + [1.0],
+                         list(range(7)), max_new_tokens=30, batch_size=2, refill=True, stats=stats)
+    assert out["text"].tolist() == ["One two three four five.", "Hi there.", "", "Hi there.",
+                                    "One two three four five.", "", "Hi there."]
+    assert out["gen_tokens"].tolist() == [30, 9, 0, 9, 30, 0, 9]
+    assert out["error"].isna().all() and stats["refill"] is True
+    # every distinct prompt is prefilled once, although its rows joined at different steps
+    assert lm.prefill_rows == [1, 1, 1]
+    # every decode step runs 2 rows until the queue is empty: a slot freed in a step is refilled in it.
+    # Rows 1, 3 (9 steps), then 6 with 0; 4 joins when 6 ends (0 at its 10th token) and runs alone once 0
+    # is done, as the "3" rows end at their first token and never take a slot
+    assert lm.decode_rows == [2] * 38 + [1] * 9
+    assert sum(lm.decode_rows) == stats["decoded_row_steps"] == 9 * 3 + 29 * 2
+    assert not lm.fed_after_done
+
+
+def test_a_failing_refill_or_step_loses_no_rows(monkeypatch):
+    prompts = ["q 1", "q 2", "q !2", "q 3", "q 1", "q 2"]
+    kw = dict(max_new_tokens=12, batch_size=2, refill=True)
+    out = generate_batch(ScriptLM(), CharTokenizer(), prompts, [1.0] * 6, [1.0] * 6, list(range(6)), **kw)
+    assert out["error"].isna().tolist() == [True, True, False, True, True, True]
+    assert out["error"][2] == "RuntimeError: this prompt breaks the model"
+    assert out["gen_tokens"].tolist() == [9, 12, 0, 0, 9, 12]
+
+    class FailsOnce(ScriptLM):  # the 5th decode step fails, once
+        def forward(self, input_ids, past_key_values=None, **kw):
+            if past_key_values is not None and len(self.decode_rows) == 4 and not hasattr(self, "failed"):
+                self.failed = True
+                raise RuntimeError("a step failed")
+            return super().forward(input_ids, past_key_values=past_key_values, **kw)
+
+    good = prompts[:2] + prompts[3:]
+    want = generate_batch(ScriptLM(), CharTokenizer(), good, [1.0] * 5, [1.0] * 5, list(range(5)), **kw)
+    lm = FailsOnce()
+    again = generate_batch(lm, CharTokenizer(), good, [1.0] * 5, [1.0] * 5, list(range(5)), **kw)
+    assert lm.failed and again["error"].isna().all()
+    # prefills: "q 1" (its two rows fail in their 5th step), "q 2", "q 3", then "q 1" again for the
+    # micro-batch that reruns the two rows of the failed step
+    assert lm.prefill_rows == [1, 1, 1, 1]
+    assert again["text"].tolist() == want["text"].tolist()
+    assert again["gen_tokens"].tolist() == want["gen_tokens"].tolist() == [9, 12, 0, 9, 12]
+
+
+def test_a_cache_that_cannot_be_merged_uses_micro_batches(tiny_llama, monkeypatch):
+    monkeypatch.setattr(rw, "_plain_layers", lambda past: None)
+    monkeypatch.setattr(rw, "_BROKEN", {})
+    prompts, temps, tops, seeds = _grid_rows(2)
+    stats: dict = {}
+    with pytest.warns(UserWarning, match="refill is not possible"):
+        got = generate_batch(tiny_llama, CharTokenizer(), prompts, temps, tops, seeds, max_new_tokens=8,
+                             batch_size=3, refill=True, stats=stats)
+    want = generate_batch(tiny_llama, CharTokenizer(), prompts, temps, tops, seeds, max_new_tokens=8,
+                          batch_size=3)
+    assert stats["refill"] is False and got["text"].tolist() == want["text"].tolist()
+    after: dict = {}  # the worker remembers: no second try, no second warning
+    generate_batch(tiny_llama, CharTokenizer(), prompts[:1], temps[:1], tops[:1], seeds[:1], max_new_tokens=2,
+                   refill=True, stats=after)
+    assert after["refill"] is False
+
+
+def test_refill_needs_the_dynamic_cache(tiny_llama):
+    with pytest.raises(ValueError, match="refill=True needs decode='dynamic'"):
+        generate_batch(tiny_llama, CharTokenizer(), ["p"], [1.0], [1.0], [1], max_new_tokens=2, decode="static",
+                       refill=True)
+    stats: dict = {}
+    generate_batch(tiny_llama, CharTokenizer(), ["p"], [1.0], [1.0], [1], max_new_tokens=2, refill=True, stats=stats)
+    assert stats["decode"] == "dynamic" and stats["refill"] is True
+
+
+def _ragged_rows(n: int):
+    """Prompts of many lengths (a few shared) and mixed settings: rows end at many different steps."""
+    settings = [(0.0, 1.0), (0.9, 0.9), (1.0, 1.0), (0.5, 0.3), (1.2, 1.0)]
+    prompts = [f"Revise {i % 7}: " + "ab" * (i % 7) * 3 for i in range(n)]
+    return prompts, [settings[i % 5][0] for i in range(n)], [settings[i % 5][1] for i in range(n)], \
+        [77 + 3 * i for i in range(n)]
+
+
+def test_refill_repeats_itself_bit_for_bit(tiny_llama):
+    prompts, temps, tops, seeds = _ragged_rows(23)
+    kw = dict(max_new_tokens=40, batch_size=4, refill=True)
+    stats: dict = {}
+    first = generate_batch(tiny_llama, CharTokenizer(), prompts, temps, tops, seeds, stats=stats, **kw)
+    again = generate_batch(tiny_llama, CharTokenizer(), prompts, temps, tops, seeds, **kw)
+    assert stats["merges"] > 5 and first["gen_tokens"].nunique() > 3  # rows joined running batches often
+    assert first["text"].tolist() == again["text"].tolist()
+    assert first["gen_tokens"].tolist() == again["gen_tokens"].tolist()
+
+
+def test_refill_with_every_row_in_one_batch_is_the_micro_batch_path(tiny_llama):
+    """One admission holds every row: the same prefill, steps and logits as the micro-batch."""
+    prompts, temps, tops, seeds = _grid_rows(3)
+    kw = dict(max_new_tokens=30, batch_size=16)
+    fixed = generate_batch(tiny_llama, CharTokenizer(), prompts, temps, tops, seeds, refill=False, **kw)
+    refill = generate_batch(tiny_llama, CharTokenizer(), prompts, temps, tops, seeds, refill=True, **kw)
+    assert fixed["gen_tokens"].nunique() > 1
+    assert refill["text"].tolist() == fixed["text"].tolist()
+    assert refill["gen_tokens"].tolist() == fixed["gen_tokens"].tolist()
+
+
+@pytest.fixture(scope="module")
+def tiny_llama64(tiny_llama):
+    """The tiny Llama in float64: logits that depend on the batch only at the ~1e-16 level."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_config(tiny_llama.config, dtype=torch.float64).eval()
+    model.load_state_dict(tiny_llama.state_dict())
+    return model
+
+
+def test_a_row_that_joins_a_running_batch_writes_what_it_writes_alone(tiny_llama64):
+    """Each row's draws follow its own step count: joining late changes nothing but rounding."""
+    prompts, temps, tops, seeds = _ragged_rows(17)
+    stats: dict = {}
+    batched = generate_batch(tiny_llama64, CharTokenizer(), prompts, temps, tops, seeds, max_new_tokens=36,
+                             batch_size=5, refill=True, stats=stats)
+    alone = generate_batch(tiny_llama64, CharTokenizer(), prompts, temps, tops, seeds, max_new_tokens=36,
+                           batch_size=1, refill=False)
+    assert stats["merges"] > 5 and batched["gen_tokens"].nunique() > 3
+    assert batched["text"].tolist() == alone["text"].tolist()
+    assert batched["gen_tokens"].tolist() == alone["gen_tokens"].tolist()
+
+
+def test_grow_in_place_cache_gives_the_dynamic_cache_logits(tiny_llama):
+    """Same keys and values, seen through views of a larger buffer: the same logits, bit for bit."""
+    ids = torch.tensor([[0, 0, 5, 6, 7], [1, 2, 3, 4, 5], [0, 0, 0, 9, 8]])
+    mask = (torch.arange(5)[None, :] >= torch.tensor([[2], [0], [3]])).long()
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+
+    def steps(grow: bool):
+        logits, kw = [], rw._cache_kw(tiny_llama)
+        with torch.inference_mode():
+            out = tiny_llama(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+            cache = getattr(out, kw)
+            if grow:
+                assert rw._grow_cache(cache, None, 5 + 8)
+            m, p = mask, pos[:, -1:]
+            for step in range(8):
+                nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+                if step == 4:  # a row leaves the batch
+                    keep = torch.tensor([0, 2])
+                    cache.reorder_cache(keep)
+                    m, p, nxt = m[keep], p[keep], nxt[keep]
+                m, p = torch.cat([m, torch.ones_like(nxt)], dim=1), p + 1
+                out = tiny_llama(input_ids=nxt, attention_mask=m, position_ids=p, use_cache=True, logits_to_keep=1,
+                                 **{kw: cache})
+                cache = getattr(out, kw)
+                logits.append(out.logits[:, -1])
+        return logits
+
+    for a, b in zip(steps(False), steps(True)):
+        assert torch.equal(a, b)
 
 
 def _decode_step_logits(model, ids, mask):

@@ -92,10 +92,10 @@ def test_decode_sampler_counts_rows_that_need_a_wider_head():
     logits = torch.full((2, 4000), 0.0)
     logits[1, 7] = 30.0
     s = _Sampler([1.0, 1.0], [1.0, 1.0], [1, 2], steps=1, device="cpu")
-    tokens, exact, probs = s.first(logits, 0)
+    tokens, exact, probs = s.first(logits)
     assert exact.tolist() == [False, True]
     assert tokens[1].item() == 7
-    fixed = s.rest(probs, tokens, (~exact).nonzero().squeeze(1), 0)
+    fixed = s.rest(probs, tokens, (~exact).nonzero().squeeze(1))
     want = reference_sample_next(logits, [1.0, 1.0], [1.0, 1.0], _gens([1, 2]))
     assert fixed.tolist() == want.tolist()
     assert s.stats == {"rows": 2, "wider": 1}

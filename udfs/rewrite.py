@@ -17,19 +17,34 @@ output tokens are tensors, the attention mask is allocated once, and a step move
 one small tensor to the host (which rows finished, which rows need a wider look at
 the vocabulary; rows that do add a few more small transfers in that step). Decode
 modes (``decode=`` of :func:`generate_batch`): ``dynamic`` grows the KV cache (the CPU
-default, and bit-identical to the loop this module had before); ``static`` writes into
-a preallocated KV cache; ``compiled`` adds a decode step compiled into a CUDA graph
-(the GPU default). Finished rows are not replaced from a queue (no continuous
-batching): a row that stops early idles until its micro-batch ends, which keeps a
-micro-batch a fixed set of rows and so keeps the guarantee below; the vLLM backend
-batches continuously.
+default, and bit-identical to the loop this module had before; it grows in place,
+in buffers with room for the whole generation, instead of transformers' ``torch.cat``
+of the whole cache per layer per step: the same logits, bit for bit); ``static`` writes
+into a preallocated KV cache; ``compiled`` adds a decode step compiled into a CUDA graph
+(the GPU default).
+
+Micro-batches are fixed sets of rows: in ``dynamic`` mode a row that finishes leaves
+its batch, but no waiting row takes its place. ``refill=True`` (``runtime.gen_refill``)
+batches continuously instead: all rows of a call form one queue (in the micro-batches'
+order), at most ``batch_size`` rows (and the token budget) decode at a time, and when
+rows finish, waiting rows draw their first token from their prompt's logits (a prompt
+is still prefilled once for all its rows) and join the running batch in the same step;
+their KV rows are merged into the batch's cache right-aligned (left padding, per-row
+attention mask and positions). Each row draws its ``k``-th uniform at its own ``k``-th
+token, whenever it joined. It is off by default: on the CPU benchmark (64 rows, batch
+16, up to 128 tokens) it decoded as many steps with as many rows per step as the
+micro-batches (the longest rows set the length of the run) and ran between 6% slower
+and 4% faster; on GPU the default is the compiled step, whose shapes are fixed.
+The vLLM backend batches continuously.
 
 Determinism, exactly:
 
-- **Same micro-batch, same decode mode, same machine and software: same texts.** A
-  row's text is a function of its prompt, settings and seed *and of its micro-batch*
-  (which other prompts share it, their order, the padded length). Reruns repeat it bit
-  for bit (tests check this).
+- **Same rows, same settings, same decode mode, same machine and software: same
+  texts.** Without ``refill`` a row's text is a function of its prompt, settings and
+  seed *and of its micro-batch* (which other prompts share it, their order, the padded
+  length). With ``refill`` it is a function of the whole call: the queue, ``batch_size``
+  and the token budget decide which rows share each step (when rows finish is itself
+  determined by the same inputs). Reruns repeat it bit for bit (tests check both).
 - **The job forms the same micro-batches on a rerun or a resume.** Requests are
   repartitioned by ``doc_id`` into ``runtime.partitions`` partitions and sorted by
   ``(doc_id, cand_id)``, Arrow batches are cut every ``runtime.arrow_batch_rows`` rows,
@@ -38,7 +53,9 @@ Determinism, exactly:
   settings and the hardware are the same (``runtime`` is left out of the config hash:
   changing it is allowed, and may change texts). Automatic GPU sizes come from the
   card's total memory and the model's shape, not from free memory, for this reason.
-  An out-of-memory retry splits a micro-batch, which changes it.
+  An out-of-memory retry splits a micro-batch, which changes it; with ``refill``, a
+  batch whose step or admission fails sends its unfinished rows to the micro-batch path
+  (deterministic too, as long as the failure is).
 - **Not guaranteed: independence from the batch.** Kernels reduce in a different order
   for different shapes. On CPU in float32 a row's logits differ by 3e-5 to 4e-4
   between a batch of 4 prompts and the prompt alone (measured on the 2-core test
@@ -46,14 +63,22 @@ Determinism, exactly:
   attention's length), and by about 4e-5 between the ``static`` and ``dynamic``
   caches, so a token differs only when a row's uniform falls that close to a boundary
   of its CDF: texts usually agree (16 of 16 in ``bench.generation``, batch 16 vs 1),
-  but not always. On GPU in bfloat16 the differences are far larger and texts part
-  after a few tokens (issue 12: 0 of 16 identical, batch 16 vs 1, on an H200).
-  ``compiled`` pads a micro-batch with idle rows to a recorded shape; the padding is
-  part of the micro-batch and as deterministic as the rest.
+  but not always. ``refill`` changes a row's batch in the same way (other rows, and
+  left padding as wide as the longest row in the batch), so its texts may differ from
+  the micro-batch path's at that level: 64 of 64 agreed on the CPU benchmark. When one
+  admission holds every row (no more rows than ``batch_size``), ``refill`` runs the
+  micro-batch's own prefill and steps: the same texts, bit for bit (tests check it).
+  With float64 logits a row's text equals its text decoded alone (tests check it),
+  which is what per-row seeds and step counts promise. On GPU in bfloat16 the
+  differences are far larger and texts part after a few tokens (issue 12: 0 of 16
+  identical, batch 16 vs 1, on an H200). ``compiled`` pads a micro-batch with idle
+  rows to a recorded shape; the padding is part of the micro-batch and as deterministic
+  as the rest.
 """
 
 import inspect
 import warnings
+from collections import Counter, deque
 from typing import Callable, Iterator, Sequence, Tuple
 
 import pandas as pd
@@ -221,37 +246,65 @@ def sample_next(logits, temperatures, top_ps, generators):
 
 
 class _Sampler:
-    """Per-row sampling state of one micro-batch, on the model's device."""
+    """Per-row sampling state of a running batch, on the model's device.
 
-    def __init__(self, temperatures, top_ps, seeds, steps: int, device):
+    Each row has its own step counter: at its ``k``-th token a row uses the ``k``-th
+    uniform of its own generator, whatever the other rows of the batch are doing, so rows
+    can join a running batch (continuous batching) and still draw what they would draw alone.
+    """
+
+    def __init__(self, temperatures, top_ps, seeds, steps: int, device, stats: dict | None = None):
         import torch
 
         self.temps = torch.tensor([float(t) for t in temperatures], dtype=torch.float32).to(device)
         self.ps = torch.tensor([float(p) for p in top_ps], dtype=torch.float32).to(device)
         self.u = draw_uniforms(seeds, steps).to(device)
-        self.greedy = self.temps <= 0.0
+        self.step = torch.zeros(len(seeds), dtype=torch.long, device=device)  # tokens each row has drawn
         self.any_greedy = any(float(t) <= 0.0 for t in temperatures)
-        self.stats = {"rows": 0, "wider": 0}  # row-steps sampled, and those that needed a wider head
+        # row-steps sampled, and those that needed a wider head (a shared dict adds up several samplers)
+        self.stats = stats if stats is not None else {"rows": 0, "wider": 0}
+        self._u_now = None
 
-    def first(self, logits, step: int):
+    @property
+    def greedy(self):
+        return self.temps <= 0.0
+
+    def first(self, logits):
         """Tokens from the first head, which rows need more, and the probabilities."""
         import torch
 
+        self._u_now = self.u.gather(1, self.step[:, None]).squeeze(1)
         probs = _tempered_probs(logits, self.temps)
-        tokens, exact = _pick(probs, self.ps, self.u[:, step], HEAD_WIDTHS[0])
+        tokens, exact = _pick(probs, self.ps, self._u_now, HEAD_WIDTHS[0])
         if self.any_greedy:
-            tokens = torch.where(self.greedy, logits.argmax(-1), tokens)
-            exact = exact | self.greedy
+            greedy = self.greedy
+            tokens = torch.where(greedy, logits.argmax(-1), tokens)
+            exact = exact | greedy
         self.stats["rows"] += len(tokens)
         return tokens, exact, probs
 
-    def rest(self, probs, tokens, rows, step: int):
+    def rest(self, probs, tokens, rows):
+        """Redo ``rows`` (an index tensor on the device) of the last :meth:`first` with wider heads."""
         self.stats["wider"] += int(rows.numel())
-        return _resolve(probs, self.ps, self.u[:, step], tokens, rows)
+        return _resolve(probs, self.ps, self._u_now, tokens, rows)
+
+    def advance(self) -> None:
+        """Every row has drawn its token of this step."""
+        self.step += 1
 
     def keep(self, rows) -> None:
         """Keep only ``rows`` (an index tensor on the device): the others are done."""
-        self.temps, self.ps, self.u, self.greedy = self.temps[rows], self.ps[rows], self.u[rows], self.greedy[rows]
+        self.temps, self.ps, self.u, self.step = self.temps[rows], self.ps[rows], self.u[rows], self.step[rows]
+
+    def extend(self, other: "_Sampler") -> None:
+        """Append ``other``'s rows (rows joining a running batch) after this sampler's."""
+        import torch
+
+        self.temps = torch.cat([self.temps, other.temps])
+        self.ps = torch.cat([self.ps, other.ps])
+        self.u = torch.cat([self.u, other.u])
+        self.step = torch.cat([self.step, other.step])
+        self.any_greedy = self.any_greedy or other.any_greedy
 
 
 # --- decoding ---------------------------------------------------------------------------------
@@ -335,6 +388,152 @@ def _padded_rows(b: int, cap: int) -> int:
     return min(max(8, 1 << (b - 1).bit_length()), max(b, cap))
 
 
+# --- a KV cache that grows in place -----------------------------------------------------------
+
+_GROW: dict = {}  # "layer": the GrowLayer class, built on first use (transformers is imported lazily)
+
+
+def _grow_layer_type():
+    """transformers' ``DynamicLayer`` with its keys and values in buffers that have room to grow.
+
+    ``DynamicLayer.update`` concatenates each new column onto the whole cache, a copy of the
+    cache of every layer at every decode step. Here ``keys``/``values`` are the exact-length
+    views ``buffer[:, :, :n]`` and ``update`` writes new columns into the room behind them,
+    so attention gets tensors of the same shape and values as from ``DynamicLayer`` (the
+    same logits, bit for bit, on CPU: tests compare them) without the copy. A layer that runs out of
+    room reallocates (callers size the room so that it does not). ``reorder_cache`` and
+    ``batch_select_indices`` select rows of the buffers; ``crop`` works as inherited.
+    """
+    if "layer" not in _GROW:
+        from transformers.cache_utils import DynamicLayer
+
+        class GrowLayer(DynamicLayer):
+            def __init__(self, keys_buffer, values_buffer, length: int):
+                super().__init__()
+                self.device = keys_buffer.device
+                self.is_initialized = True
+                self._hold(keys_buffer, values_buffer, length)
+
+            def _hold(self, kbuf, vbuf, length: int) -> None:
+                self.kbuf, self.vbuf = kbuf, vbuf
+                self.keys, self.values = kbuf[:, :, :length], vbuf[:, :, :length]
+
+            def update(self, key_states, value_states, *args, **kwargs):
+                n = self.keys.shape[-2]
+                m = n + key_states.shape[-2]
+                if m > self.kbuf.shape[-2]:
+                    self._hold(_with_room(self.keys, 2 * m), _with_room(self.values, 2 * m), n)
+                self.kbuf[:, :, n:m].copy_(key_states)
+                self.vbuf[:, :, n:m].copy_(value_states)
+                self._hold(self.kbuf, self.vbuf, m)
+                return self.keys, self.values
+
+            def reorder_cache(self, beam_idx) -> None:
+                idx = beam_idx.to(self.kbuf.device)
+                self._hold(self.kbuf.index_select(0, idx), self.vbuf.index_select(0, idx), self.keys.shape[-2])
+
+            batch_select_indices = reorder_cache
+
+        _GROW["layer"] = GrowLayer
+    return _GROW["layer"]
+
+
+def _with_room(t, width: int):
+    """``t`` (rows, heads, length, dim) copied into the front of a new buffer ``width`` columns long."""
+    buf = t.new_empty(t.shape[:2] + (width,) + t.shape[3:])
+    buf[:, :, : t.shape[2]] = t
+    return buf
+
+
+def _plain_layers(past):
+    """The cache's layers if all are plain ``DynamicLayer`` (what a GrowLayer can take over), else None."""
+    try:
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:  # a transformers without per-layer caches
+        return None
+    layers = getattr(past, "layers", None)
+    if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+        return None
+    return layers
+
+
+def _grow_cache(past, sel, width: int) -> bool:
+    """Move a prefilled cache into GrowLayers ``width`` columns long, taking rows ``sel`` (None: all).
+
+    Returns False, leaving ``past`` as it is, when its layers are not plain ``DynamicLayer``
+    (sliding-window models, older transformers): those keep concatenating.
+    """
+    layers = _plain_layers(past)
+    if layers is None:
+        return False
+    grow = _grow_layer_type()
+
+    def take(t):
+        return _with_room(t if sel is None else t.index_select(0, sel), width)
+
+    past.layers = [grow(take(layer.keys), take(layer.values), layer.keys.shape[-2]) for layer in layers]
+    return True
+
+
+# --- one micro-batch --------------------------------------------------------------------------
+
+
+def _prefill(model, prompts: list[list[int]], pad_id: int, cache_kw: str):
+    """One forward pass over distinct ``prompts``, left-padded to the longest.
+
+    Returns:
+        (KV cache, last-position logits ``[prompts, vocab]``, attention mask and positions
+        ``[prompts, longest]`` on the CPU).
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    longest = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), longest), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, longest - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[i, longest - len(p):] = 1
+    position = (mask.cumsum(-1) - 1).clamp(min=0)
+    res = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position.to(device),
+                use_cache=True, logits_to_keep=1)
+    return getattr(res, cache_kw), res.logits[:, -1, :], mask, position
+
+
+def _draw(sampler: _Sampler, logits, stop_ids, ending):
+    """Each row's next token, settled with one small host transfer.
+
+    ``ending`` (a bool per row, on the device): rows that end with this token whatever it
+    is. Returns (tokens, which are stop tokens, which rows ended: a host bool tensor).
+    """
+    import torch
+
+    tok, exact, probs = sampler.first(logits)
+    stop = torch.isin(tok, stop_ids)
+    # the step's one transfer: rows the first head could not settle, rows now done
+    flags = torch.cat([~exact, ending | stop]).cpu()
+    n = len(tok)
+    wider = flags[:n].nonzero().squeeze(1)
+    if not wider.numel():
+        return tok, stop, flags[n:]
+    tok = sampler.rest(probs, tok, wider.to(logits.device))
+    stop = torch.isin(tok, stop_ids)
+    return tok, stop, (ending | stop).cpu()
+
+
+def _texts(tokenizer, tokens: list[list[int]], counts: list[int], stopped: list[bool]) -> list[tuple[str, int]]:
+    """(text, token count) per row; a row that hit max_new_tokens stopped mid-sentence and keeps
+    only its complete sentences."""
+    texts = [tokenizer.decode(r[:n], skip_special_tokens=True).strip() for r, n in zip(tokens, counts)]
+    return [(t if stopped[i] else trim_unfinished(t), counts[i]) for i, t in enumerate(texts)]
+
+
+def _add_stats(stats: dict | None, counts: dict) -> None:
+    if stats is not None:
+        for k, val in counts.items():
+            stats[k] = stats.get(k, 0) + val
+
+
 def _generate_group(model, tokenizer, prompt_ids: list[list[int]], temps, top_ps, seeds, max_new_tokens: int,
                     stops: set[int], decode: str = "dynamic", stats: dict | None = None, row_cap: int = 0,
                     drop_finished: bool = True):
@@ -354,15 +553,7 @@ def _generate_group(model, tokenizer, prompt_ids: list[list[int]], temps, top_ps
         temps, top_ps, seeds = list(temps) + [0.0] * k, list(top_ps) + [1.0] * k, list(seeds) + [0] * k
     uniq: dict[tuple, int] = {}
     owner = [uniq.setdefault(tuple(p), len(uniq)) for p in prompt_ids]
-    uprompts = [list(p) for p in uniq]
-    longest = max(len(p) for p in uprompts)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.full((len(uprompts), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(uprompts), longest), dtype=torch.long)
-    for i, p in enumerate(uprompts):
-        ids[i, longest - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[i, longest - len(p):] = 1
-    position = (mask.cumsum(-1) - 1).clamp(min=0)
     cache_kw = _cache_kw(model)
     sel = torch.tensor(owner, dtype=torch.long)
     sel_dev = sel.to(device)
@@ -372,15 +563,14 @@ def _generate_group(model, tokenizer, prompt_ids: list[list[int]], temps, top_ps
     n_out = torch.zeros(b, dtype=torch.long, device=device)
     done = torch.zeros(b, dtype=torch.bool, device=device)
     done[real:] = True
+    counts = {"prefills": 1, "decode_steps": 0, "decoded_row_steps": 0, "idle_row_steps": 0}
     step_fn = _step_fn(model, decode == "compiled")
     # a compiled step with CUDA graphs mutates the static cache in place: not under inference_mode
     grad_ctx = torch.no_grad() if static else torch.inference_mode()
     with grad_ctx:
-        res = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position.to(device),
-                    use_cache=True, logits_to_keep=1)
-        past = getattr(res, cache_kw)
-        logits = res.logits[:, -1, :]
-        shared = len(uprompts) != b or owner != list(range(b))
+        past, logits, mask, position = _prefill(model, [list(p) for p in uniq], pad_id, cache_kw)
+        longest = mask.shape[1]
+        shared = len(uniq) != b or owner != list(range(b))
         if shared:
             logits = logits[sel_dev]
         width = longest + max_new_tokens
@@ -392,7 +582,7 @@ def _generate_group(model, tokenizer, prompt_ids: list[list[int]], temps, top_ps
                 if is_oom(exc):
                     raise
                 raise _FastPathFailed(str(exc)) from exc
-        elif shared:
+        elif not _grow_cache(past, sel_dev if shared else None, width) and shared:
             past.reorder_cache(sel_dev)
         # the whole attention mask at once: prompt padding, then one column per new token
         full_mask = torch.ones((b, width), dtype=torch.long)
@@ -404,22 +594,12 @@ def _generate_group(model, tokenizer, prompt_ids: list[list[int]], temps, top_ps
         live = torch.arange(b, device=device)
         compact = drop_finished and not static
         for step in range(max_new_tokens):
-            tok, exact, probs = sampler.first(logits, step)
-            stop = torch.isin(tok, stop_ids)
             was_done = done[live]
-            # the step's one transfer: rows the first head could not settle, rows now done
-            flags = torch.cat([~exact, was_done | stop]).cpu()
-            n = len(tok)
-            wider = flags[:n].nonzero().squeeze(1)
-            if wider.numel():
-                tok = sampler.rest(probs, tok, wider.to(device), step)
-                stop = torch.isin(tok, stop_ids)
-                ended = (was_done | stop).cpu()
-            else:
-                ended = flags[n:]
+            tok, stop, ended = _draw(sampler, logits, stop_ids, was_done)
             out[live, step] = tok
             n_out[live] += (~(was_done | stop)).long()
             done[live] = was_done | stop
+            sampler.advance()
             if bool(ended.all()) or step == max_new_tokens - 1:
                 break
             if compact and bool(ended.any()):
@@ -427,31 +607,317 @@ def _generate_group(model, tokenizer, prompt_ids: list[list[int]], temps, top_ps
                 live, tok, pos, full_mask = live[keep], tok[keep], pos[keep], full_mask[keep]
                 past.reorder_cache(keep)
                 sampler.keep(keep)
+            elif not compact:
+                counts["idle_row_steps"] += int(ended.sum())
             feed = torch.where(done[live], pad_id, tok)[:, None]
             pos = pos + 1
             step_mask = full_mask if static else full_mask[:, : longest + step + 1]
             res = step_fn(input_ids=feed, attention_mask=step_mask, position_ids=pos,
                           use_cache=True, logits_to_keep=1, **{cache_kw: past})
+            counts["decode_steps"] += 1
+            counts["decoded_row_steps"] += len(feed)
             if not static:
                 past = getattr(res, cache_kw)
             logits = res.logits[:, -1, :]
-    if stats is not None:
-        for k, val in sampler.stats.items():
-            stats[k] = stats.get(k, 0) + val
-    counts, rows, finished_rows = n_out.tolist()[:real], out.tolist()[:real], done.tolist()[:real]
-    texts = [tokenizer.decode(r[:n], skip_special_tokens=True).strip() for r, n in zip(rows, counts)]
-    # a row that hit max_new_tokens stopped mid-sentence: keep its complete sentences only
-    return [(t if finished_rows[i] else trim_unfinished(t), counts[i]) for i, t in enumerate(texts)]
+    _add_stats(stats, {**sampler.stats, **counts})
+    return _texts(tokenizer, out.tolist()[:real], n_out.tolist()[:real], done.tolist()[:real])
 
 
-def _resolve_decode(decode: str, model) -> str:
+# --- continuous batching ----------------------------------------------------------------------
+
+#: a running batch takes new rows once at least this share of its rows (and at least one) is free:
+#: each admission copies the batch's KV cache. On CPU, admitting at 1, 25% or 50% free ran alike.
+_REFILL_FREE = 0.25
+
+
+class _RefillUnsupported(RuntimeError):
+    """The model's KV cache is not made of plain ``DynamicLayer``: rows cannot join a running batch."""
+
+
+class _PromptKV:
+    """The prompts of a stream, each prefilled once: its KV cache (per layer, the keys and values
+    of one row, ``[1, heads, length, dim]``) and its next-token logits.
+
+    The prompts new to an admission are prefilled together, left-padded (as in a micro-batch);
+    a prompt is forgotten when its last waiting row has been admitted.
+    """
+
+    def __init__(self, model, pad_id: int, cache_kw: str, waiting: Sequence[tuple]):
+        self.model, self.pad_id, self.cache_kw = model, pad_id, cache_kw
+        self.left = Counter(waiting)
+        self.entries: dict[tuple, tuple] = {}
+        self.prefills = 0
+
+    def take(self, prompts: list[tuple]) -> list[tuple]:
+        """(per-layer (keys, values), logits) of each prompt, prefilling the ones not held."""
+        new = list(dict.fromkeys(p for p in prompts if p not in self.entries))
+        if new:
+            past, logits, mask, _ = _prefill(self.model, [list(p) for p in new], self.pad_id, self.cache_kw)
+            layers = _plain_layers(past)
+            if layers is None:
+                raise _RefillUnsupported(f"{type(past).__name__} with layers {getattr(past, 'layers', None)}")
+            self.prefills += 1
+            longest = mask.shape[1]
+            for i, p in enumerate(new):
+                start = longest - len(p)
+                kv = [(lay.keys[i:i + 1, :, start:], lay.values[i:i + 1, :, start:]) for lay in layers]
+                self.entries[p] = (kv, logits[i])
+        out = [self.entries[p] for p in prompts]
+        for p in prompts:
+            self.left[p] -= 1
+            if not self.left[p]:
+                del self.entries[p]
+        return out
+
+
+def _merge_rows(old, keep: int, joining: list[tuple[int, object]], width: int, room: int):
+    """A buffer of ``width + room`` columns holding the last ``keep`` columns of ``old`` (rows, heads,
+    columns, dim; or None), then, for each ``(count, piece)`` of ``joining``, ``count`` copies of
+    ``piece`` (one row): every row right-aligned at column ``width``, zeros to its left."""
+    ref = joining[0][1]
+    n_old = 0 if old is None else old.shape[0]
+    buf = ref.new_empty((n_old + sum(c for c, _ in joining), ref.shape[1], width + room, ref.shape[3]))
+    if n_old:
+        buf[:n_old, :, : width - keep].zero_()
+        buf[:n_old, :, width - keep: width] = old[:, :, old.shape[2] - keep:]
+    r = n_old
+    for count, piece in joining:
+        length = piece.shape[2]
+        buf[r: r + count, :, : width - length].zero_()
+        buf[r: r + count, :, width - length: width] = piece
+        r += count
+    return buf
+
+
+class _Stream:
+    """The running batch of continuous batching, and the tokens of every row of the call.
+
+    Rows sit right-aligned on the KV cache's sequence axis: each row's newest column is the
+    cache's last one, and the columns left of its prompt are padding (zeros in the cache,
+    0 in the attention mask); positions are per row, so padding changes no position. When
+    rows join, the batch is copied into new buffers together with their prompts' KV, and
+    columns that are padding for every row are dropped: right after a merge the cache is
+    as wide as its longest row (between merges it grows a column per step). Finished rows
+    leave at once (their KV rows are dropped).
+
+    A step is :meth:`sample` (every row draws a token; rows that ended leave), then
+    :meth:`admit` (waiting rows draw their first token from their prompt's logits and
+    join), then :meth:`forward` (one decode step of everyone), so a slot freed in a step
+    is filled in the same step.
+    """
+
+    def __init__(self, model, encoded, temps, top_ps, seeds, max_new_tokens: int, stops: set[int]):
+        import torch
+
+        self.model, self.encoded = model, encoded
+        self.temps, self.top_ps, self.seeds = temps, top_ps, seeds
+        self.max_new = max_new_tokens
+        self.device = next(model.parameters()).device
+        self.cache_kw = _cache_kw(model)
+        self.stop_ids = torch.tensor(sorted(stops), dtype=torch.long, device=self.device)
+        n = len(encoded)
+        self.out = torch.zeros((n, max_new_tokens), dtype=torch.long, device=self.device)
+        self.n_out = torch.zeros(n, dtype=torch.long, device=self.device)
+        self.stopped = torch.zeros(n, dtype=torch.bool, device=self.device)
+        self.counts = {"rows": 0, "wider": 0, "decode_steps": 0, "decoded_row_steps": 0, "idle_row_steps": 0,
+                       "merges": 0}
+        self.clear()
+
+    def clear(self) -> None:
+        """Empty the running batch."""
+        self.rows: list[int] = []  # row ids of the call, in batch order
+        self.cached: list[int] = []  # columns each row has in the cache (prompt + tokens fed)
+        self.length = 0  # columns in the cache
+        self.rows_dev = self.cache = self.mask = self.pos = self.logits = self.tok = self.sampler = None
+
+    def _draw(self, sampler: _Sampler, logits, rows_dev):
+        """Draw and record the next token of ``rows_dev``; returns (tokens, host bool: rows that ended)."""
+        step = sampler.step
+        tok, stop, ended = _draw(sampler, logits, self.stop_ids, step >= self.max_new - 1)
+        self.out[rows_dev, step] = tok
+        self.n_out[rows_dev] += (~stop).long()
+        self.stopped[rows_dev] = stop
+        sampler.advance()
+        return tok, ended
+
+    def sample(self) -> list[int]:
+        """Every row draws its next token; the rows that ended leave. Returns them."""
+        tok, ended = self._draw(self.sampler, self.logits, self.rows_dev)
+        finished = [r for r, e in zip(self.rows, ended.tolist()) if e]
+        if not finished:
+            self.tok = tok
+            return finished
+        stay = (~ended).nonzero().squeeze(1)
+        if not stay.numel():
+            self.clear()
+            return finished
+        self.rows = [self.rows[i] for i in stay.tolist()]
+        self.cached = [self.cached[i] for i in stay.tolist()]
+        keep = stay.to(self.device)
+        self.cache.reorder_cache(keep)
+        self.sampler.keep(keep)
+        self.rows_dev, self.mask, self.pos, self.tok = self.rows_dev[keep], self.mask[keep], self.pos[keep], tok[keep]
+        return finished
+
+    def admit(self, rows: list[int], prompts: _PromptKV) -> list[int]:
+        """``rows`` draw their first token from their prompt's logits (each distinct prompt
+        prefilled once) and join the batch. Returns the rows that ended at that token
+        (they do not join)."""
+        import torch
+
+        keys = [tuple(self.encoded[r]) for r in rows]
+        entries = prompts.take(keys)
+        sampler = _Sampler([self.temps[r] for r in rows], [self.top_ps[r] for r in rows],
+                           [self.seeds[r] for r in rows], self.max_new, self.device, stats=self.counts)
+        rows_dev = torch.tensor(rows, dtype=torch.long, device=self.device)
+        tok, ended = self._draw(sampler, torch.stack([e[1] for e in entries]), rows_dev)
+        go = (~ended).nonzero().squeeze(1)
+        finished = [r for r, e in zip(rows, ended.tolist()) if e]
+        if not go.numel():
+            return finished
+        if finished:
+            rows, keys, entries = ([x[i] for i in go.tolist()] for x in (rows, keys, entries))
+            keep = go.to(self.device)
+            sampler.keep(keep)
+            rows_dev, tok = rows_dev[keep], tok[keep]
+        self._merge(keys, entries)
+        pos = torch.tensor([[len(k) - 1] for k in keys], dtype=torch.long, device=self.device)
+        if self.sampler is None:
+            self.sampler, self.rows_dev, self.pos, self.tok = sampler, rows_dev, pos, tok
+        else:
+            self.sampler.extend(sampler)
+            self.rows_dev = torch.cat([self.rows_dev, rows_dev])
+            self.pos, self.tok = torch.cat([self.pos, pos]), torch.cat([self.tok, tok])
+        self.rows += rows
+        self.cached += [len(k) for k in keys]
+        return finished
+
+    def _merge(self, keys: list[tuple], entries: list[tuple]) -> None:
+        """New cache and mask buffers: the batch's rows, then one row per prompt of ``keys``, right-aligned."""
+        import torch
+        from transformers import DynamicCache
+
+        runs: list[list] = []  # [count, entry] over consecutive rows with the same prompt
+        for entry in entries:
+            if runs and runs[-1][1] is entry:
+                runs[-1][0] += 1
+            else:
+                runs.append([1, entry])
+        keep = max(self.cached, default=0)
+        width = max([keep] + [len(k) for k in keys])
+        room = self.max_new  # the most columns a row adds after its prompt
+        old = self.cache.layers if self.cache is not None else [None] * len(entries[0][0])
+        grow = _grow_layer_type()
+        layers = []
+        for i, layer in enumerate(old):
+            kv = [_merge_rows(None if layer is None else getattr(layer, name), keep,
+                              [(c, e[0][i][j]) for c, e in runs], width, room)
+                  for j, name in enumerate(("keys", "values"))]
+            layers.append(grow(*kv, width))
+        n_old = len(self.rows)
+        mask = torch.ones((n_old + len(keys), width + room), dtype=torch.long, device=self.device)
+        if n_old:
+            mask[:n_old, : width - keep] = 0
+            mask[:n_old, width - keep: width] = self.mask[:, self.length - keep: self.length]
+        for row, key in enumerate(keys, start=n_old):
+            mask[row, : width - len(key)] = 0
+        self.cache = DynamicCache()
+        self.cache.layers = layers
+        self.mask, self.length = mask, width
+        self.counts["merges"] += 1
+
+    def forward(self) -> None:
+        """One decode step of the batch: feed each row its last token, keep its next logits."""
+        self.pos = self.pos + 1
+        res = self.model(input_ids=self.tok[:, None], attention_mask=self.mask[:, : self.length + 1],
+                         position_ids=self.pos, use_cache=True, logits_to_keep=1, **{self.cache_kw: self.cache})
+        self.cache = getattr(res, self.cache_kw)
+        self.logits = res.logits[:, -1, :]
+        self.length += 1
+        self.cached = [c + 1 for c in self.cached]
+        self.counts["decode_steps"] += 1
+        self.counts["decoded_row_steps"] += len(self.rows)
+
+
+def _joining(waiting: deque, stream: _Stream, lengths: Sequence[int], batch_size: int, budget: int) -> list[int]:
+    """Rows from the front of ``waiting`` that fit the batch: at most ``batch_size`` rows, and rows x
+    (widest prompt or live row + max_new_tokens) within ``budget`` (one row always fits an empty batch)."""
+    take: list[int] = []
+    width = max(stream.cached, default=0)
+    while waiting and len(stream.rows) + len(take) < batch_size:
+        wider = max(width, lengths[waiting[0]])
+        if (stream.rows or take) and (len(stream.rows) + len(take) + 1) * (wider + stream.max_new) > budget:
+            break
+        take.append(waiting.popleft())
+        width = wider
+    return take
+
+
+def _generate_stream(model, tokenizer, queue: list[int], encoded, temps, top_ps, seeds, max_new_tokens: int,
+                     stops: set[int], batch_size: int, budget: int, stats: dict | None = None):
+    """Continuous batching over the rows ``queue`` (indices, in the order they may join).
+
+    Up to ``batch_size`` rows (and ``budget`` tokens, counted as in
+    :func:`~cleancurate.batching.plan_microbatches`) decode together; finished rows leave at
+    once, and when at least :data:`_REFILL_FREE` of the rows are free the next waiting rows
+    join in the same step (their prompts prefilled once per distinct prompt). Each row samples
+    with its own settings, seed and step count and stops at its own stop token or
+    ``max_new_tokens``.
+
+    A failing admission or step does not lose rows: the rows of that batch that had not
+    finished are returned to be run again on the fixed micro-batch path, and the stream goes
+    on with an empty batch.
+
+    Returns:
+        ({row: (text, gen_tokens)} for the rows that finished here, rows to run again).
+
+    Raises:
+        _RefillUnsupported: at the first admission, when the model's cache cannot be merged.
+    """
+    import torch
+
+    stream = _Stream(model, encoded, temps, top_ps, seeds, max_new_tokens, stops)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    prompts = _PromptKV(model, pad_id, stream.cache_kw, [tuple(encoded[i]) for i in queue])
+    lengths = [len(e) for e in encoded]
+    waiting = deque(queue)
+    finished: list[int] = []
+    again: list[int] = []
+    min_free = max(1, int(batch_size * _REFILL_FREE))
+    with torch.inference_mode():
+        while waiting or stream.rows:
+            joining: list[int] = []
+            try:
+                if stream.rows:
+                    finished += stream.sample()
+                while waiting and (not stream.rows or batch_size - len(stream.rows) >= min_free):
+                    joining = _joining(waiting, stream, lengths, batch_size, budget)
+                    if not joining:
+                        break
+                    finished += stream.admit(joining, prompts)
+                if stream.rows:
+                    stream.forward()
+            except _RefillUnsupported:
+                raise
+            except Exception:  # noqa: BLE001 - the rows go back to the fixed path, which reports errors
+                done = set(finished)
+                again += [r for r in dict.fromkeys(stream.rows + joining) if r not in done]
+                stream.clear()
+    _add_stats(stats, {**stream.counts, "prefills": prompts.prefills})
+    results = _texts(tokenizer, stream.out[finished].tolist(), stream.n_out[finished].tolist(),
+                     stream.stopped[finished].tolist())
+    return dict(zip(finished, results)), again
+
+
+def _resolve_decode(decode: str, model, refill: bool) -> str:
     if decode not in DECODE_MODES:
         raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
     if decode != "auto":
         return decode
     device = next(model.parameters()).device
-    # measured on CPU: the dynamic cache is fastest there; on GPU see bench/README.md
-    return "compiled" if device.type == "cuda" else "dynamic"
+    # measured on CPU: the dynamic cache is fastest there; on GPU see bench/README.md.
+    # Continuous batching runs on the dynamic cache only.
+    return "compiled" if device.type == "cuda" and not refill else "dynamic"
 
 
 def generate_batch(
@@ -466,6 +932,7 @@ def generate_batch(
     batch_size: int | None = 16,
     token_budget: int | None = None,
     decode: str = "auto",
+    refill: bool = False,
     stats: dict | None = None,
     drop_finished: bool = True,
 ) -> pd.DataFrame:
@@ -482,15 +949,28 @@ def generate_batch(
         decode: ``dynamic`` (growing KV cache), ``static`` (preallocated KV cache),
             ``compiled`` (static cache and the decode step compiled with CUDA graphs,
             one recording per micro-batch shape) or ``auto`` (compiled on CUDA, dynamic
-            on CPU). A compiled step that fails to build falls back to ``static``, a
-            static cache that cannot be built to ``dynamic``, for the rest of the worker.
+            on CPU or with ``refill=True``). A compiled step that fails to build falls back
+            to ``static``, a static cache that cannot be built to ``dynamic``, for the rest
+            of the worker.
+        refill: continuous batching (``dynamic`` cache; ``decode="auto"`` picks it): the rows
+            run as one queue in the micro-batches' order, at most ``batch_size`` rows (and the
+            token budget) at a time, and rows that finish are replaced by waiting ones in the
+            same step, so the batch does not shrink while rows wait. Off by default: on CPU it
+            measured no faster (bench/README.md), and the GPU default is the compiled step.
+            It changes which rows share a decode step, so texts may differ from the
+            micro-batch path (see the module doc). A batch whose admission or step fails goes
+            back to the micro-batch path (and its halving); a model whose KV cache cannot be
+            merged (not plain ``DynamicLayer``) uses that path, with a warning.
         drop_finished: in ``dynamic`` mode, drop rows from the batch (and their KV cache)
             as they finish, so later steps run only the rows still decoding. Texts are
             the same as without (tests check it on CPU); ``static``/``compiled`` keep
             fixed shapes.
-        stats: optional dict that receives sampler counters (``rows``: row-steps,
-            ``wider``: those that needed more than the first head) and ``decode``, the
-            mode that ran.
+        stats: optional dict that receives counters: ``rows`` (row-steps sampled),
+            ``wider`` (those that needed more than the first head), ``prefills``,
+            ``decode_steps``, ``decoded_row_steps`` (rows in those steps),
+            ``idle_row_steps`` (rows in them that had already finished), ``merges`` (times
+            rows joined a running batch, each a copy of its KV cache), and ``decode`` /
+            ``refill``, what ran.
 
     Returns:
         DataFrame with ``text``, ``gen_tokens`` and ``error`` in input order.
@@ -507,16 +987,19 @@ def generate_batch(
     if batch_size is None:
         sizes = generation_sizes(model, max(len(e) for e in encoded), max_new_tokens)
         batch_size, token_budget = sizes if sizes else (_CPU_GEN_BATCH, token_budget)
-    mode = _resolve_decode(decode, model)
+    mode = _resolve_decode(decode, model, refill)
     use_gqa_decode(model)  # decode steps attend without copying the KV cache per query head
     while mode in _BROKEN.get(id(model), ()):
         mode = _FALLBACK[mode]
+    if refill and (mode != "dynamic" or not drop_finished):
+        raise ValueError(f"refill=True needs decode='dynamic' (or 'auto') and drop_finished=True, got {mode!r}")
+    streaming = bool(refill) and "refill" not in _BROKEN.get(id(model), ())
     budget = token_budget or 10**12
+    row_settings = (encoded, temperatures, top_ps, seeds)
 
     def run(part):
         nonlocal mode
-        args = (model, tokenizer, [encoded[i] for i in part], [temperatures[i] for i in part],
-                [top_ps[i] for i in part], [seeds[i] for i in part], max_new_tokens, stops)
+        args = (model, tokenizer, *([col[i] for i in part] for col in row_settings), max_new_tokens, stops)
         while True:
             try:
                 return _generate_group(*args, decode=mode, stats=stats, row_cap=batch_size or 0,
@@ -527,7 +1010,23 @@ def generate_batch(
                 _BROKEN.setdefault(id(model), set()).add(mode)
                 mode = _FALLBACK[mode]
 
-    for batch in plan_microbatches(lengths, budget, max_rows=batch_size, keys=list(prompts)):
+    plan = plan_microbatches(lengths, budget, max_rows=batch_size, keys=list(prompts))
+    if streaming:
+        queue = [i for batch in plan for i in batch]
+        try:
+            done, again = _generate_stream(model, tokenizer, queue, *row_settings, max_new_tokens, stops,
+                                           batch_size, budget, stats)
+        except _RefillUnsupported as exc:
+            warnings.warn(f"refill is not possible with this model's KV cache, using micro-batches: {exc}")
+            _BROKEN.setdefault(id(model), set()).add("refill")
+            done, again, streaming = {}, queue, False
+        for i, (text, count) in done.items():
+            texts[i], counts[i] = text, count
+        # rows of a failed batch run again as micro-batches, planned as they would have been
+        sub = plan_microbatches([lengths[i] for i in again], budget, max_rows=batch_size,
+                                keys=[prompts[i] for i in again]) if again else []
+        plan = [[again[j] for j in batch] for batch in sub]
+    for batch in plan:
         outs = run_with_backoff(batch, run, lambda i, exc: error_text(exc))
         for i, out in zip(batch, outs):
             if isinstance(out, str):
@@ -535,7 +1034,7 @@ def generate_batch(
             else:
                 texts[i], counts[i] = out
     if stats is not None:
-        stats["decode"] = mode
+        stats["decode"], stats["refill"] = mode, streaming
     df = pd.DataFrame({"text": texts, "gen_tokens": pd.Series(counts, dtype="int32"), "error": errors})
     return df[GENERATION_COLUMNS]
 
@@ -562,6 +1061,7 @@ def make_rewrite_fn(model_cfg: dict, runtime_cfg: dict, curation_cfg: dict) -> C
         return generate_batch(
             lm.model, lm.tokenizer, prompts, temps.tolist(), top_ps.tolist(), seeds.tolist(),
             max_new_tokens=curation_cfg["max_new_tokens"], batch_size=runtime_cfg.get("gen_batch_size"),
+            refill=bool(runtime_cfg.get("gen_refill")),
         )
 
     return fn
