@@ -315,11 +315,36 @@ def test_a_failing_refill_or_step_loses_no_rows(monkeypatch):
     lm = FailsOnce()
     again = generate_batch(lm, CharTokenizer(), good, [1.0] * 5, [1.0] * 5, list(range(5)), **kw)
     assert lm.failed and again["error"].isna().all()
-    # prefills: "q 1" (its two rows fail in their 5th step), "q 2", "q 3", then "q 1" again for the
-    # micro-batch that reruns the two rows of the failed step
-    assert lm.prefill_rows == [1, 1, 1, 1]
     assert again["text"].tolist() == want["text"].tolist()
     assert again["gen_tokens"].tolist() == want["gen_tokens"].tolist() == [9, 12, 0, 9, 12]
+
+
+def test_a_failure_while_rows_leave_loses_no_rows(monkeypatch):
+    """Dropping finished rows copies the cache and can run out of memory: the rows that had just
+    finished and those still running all come back, with their texts."""
+    prompts = ["q 1", "q 2", "q 3", "q 1", "q 2"]
+    kw = dict(max_new_tokens=12, batch_size=3, refill=True)
+    want = generate_batch(ScriptLM(), CharTokenizer(), prompts, [1.0] * 5, [1.0] * 5, list(range(5)), **kw)
+    grow = rw._grow_layer_type()
+    real = grow.reorder_cache
+    calls = []
+
+    def fails_once(self, beam_idx):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("out of memory while dropping rows")
+        return real(self, beam_idx)
+
+    monkeypatch.setattr(grow, "reorder_cache", fails_once)
+    stats: dict = {}
+    with pytest.warns(UserWarning, match="continuous batching stopped"):
+        got = generate_batch(ScriptLM(), CharTokenizer(), prompts, [1.0] * 5, [1.0] * 5, list(range(5)),
+                             stats=stats, **kw)
+    assert calls and stats["refill_failures"] == 1
+    assert got["error"].isna().all()
+    assert got["text"].tolist() == want["text"].tolist()
+    assert got["gen_tokens"].tolist() == want["gen_tokens"].tolist()
+    assert (got["gen_tokens"] > 0).sum() == (want["gen_tokens"] > 0).sum() >= 3
 
 
 def test_a_cache_that_cannot_be_merged_uses_micro_batches(tiny_llama, monkeypatch):

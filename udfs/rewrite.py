@@ -13,13 +13,16 @@ and share their KV cache; only the last position's logits are computed per step.
 
 The decode loop runs on the model's device: sampling (:func:`sample_next`) works on
 the logits where they are and sorts only the head of each row, the done mask and the
-output tokens are tensors, the attention mask is allocated once, and a step moves
+output tokens are tensors, the attention mask is allocated once per micro-batch (with
+``refill``, once per merge), and a step moves
 one small tensor to the host (which rows finished, which rows need a wider look at
 the vocabulary; rows that do add a few more small transfers in that step). Decode
 modes (``decode=`` of :func:`generate_batch`): ``dynamic`` grows the KV cache (the CPU
 default, and bit-identical to the loop this module had before; it grows in place,
 in buffers with room for the whole generation, instead of transformers' ``torch.cat``
-of the whole cache per layer per step: the same logits, bit for bit); ``static`` writes
+of the whole cache per layer per step: the same logits, bit for bit, on CPU, where tests
+check it; on CUDA attention gets views of a larger buffer, which may pick another
+kernel); ``static`` writes
 into a preallocated KV cache; ``compiled`` adds a decode step compiled into a CUDA graph
 (the GPU default).
 
@@ -429,8 +432,10 @@ def _grow_layer_type():
                 return self.keys, self.values
 
             def reorder_cache(self, beam_idx) -> None:
-                idx = beam_idx.to(self.kbuf.device)
-                self._hold(self.kbuf.index_select(0, idx), self.vbuf.index_select(0, idx), self.keys.shape[-2])
+                # select from the filled columns only, into buffers with the same room
+                idx, room = beam_idx.to(self.kbuf.device), self.kbuf.shape[-2]
+                self._hold(_with_room(self.keys.index_select(0, idx), room),
+                           _with_room(self.values.index_select(0, idx), room), self.keys.shape[-2])
 
             batch_select_indices = reorder_cache
 
@@ -751,12 +756,12 @@ class _Stream:
         if not stay.numel():
             self.clear()
             return finished
-        self.rows = [self.rows[i] for i in stay.tolist()]
-        self.cached = [self.cached[i] for i in stay.tolist()]
         keep = stay.to(self.device)
-        self.cache.reorder_cache(keep)
+        self.cache.reorder_cache(keep)  # may fail (out of memory): the row lists are changed only after it
         self.sampler.keep(keep)
         self.rows_dev, self.mask, self.pos, self.tok = self.rows_dev[keep], self.mask[keep], self.pos[keep], tok[keep]
+        self.rows = [self.rows[i] for i in stay.tolist()]
+        self.cached = [self.cached[i] for i in stay.tolist()]
         return finished
 
     def admit(self, rows: list[int], prompts: _PromptKV) -> list[int]:
@@ -864,9 +869,10 @@ def _generate_stream(model, tokenizer, queue: list[int], encoded, temps, top_ps,
     with its own settings, seed and step count and stops at its own stop token or
     ``max_new_tokens``.
 
-    A failing admission or step does not lose rows: the rows of that batch that had not
-    finished are returned to be run again on the fixed micro-batch path, and the stream goes
-    on with an empty batch.
+    A failing admission or step (out of memory, or a model that rejects the merged cache)
+    does not lose rows: streaming stops for the rest of the call, and every row that had not
+    finished (running, joining, waiting) is returned to run on the fixed micro-batch path,
+    whose halving and per-row errors take over. ``stats["refill_failures"]`` counts it.
 
     Returns:
         ({row: (text, gen_tokens)} for the rows that finished here, rows to run again).
@@ -883,10 +889,13 @@ def _generate_stream(model, tokenizer, queue: list[int], encoded, temps, top_ps,
     waiting = deque(queue)
     finished: list[int] = []
     again: list[int] = []
+    batch_size = max(1, int(batch_size))
     min_free = max(1, int(batch_size * _REFILL_FREE))
+    failures = 0
     with torch.inference_mode():
         while waiting or stream.rows:
             joining: list[int] = []
+            running = list(stream.rows)
             try:
                 if stream.rows:
                     finished += stream.sample()
@@ -899,11 +908,15 @@ def _generate_stream(model, tokenizer, queue: list[int], encoded, temps, top_ps,
                     stream.forward()
             except _RefillUnsupported:
                 raise
-            except Exception:  # noqa: BLE001 - the rows go back to the fixed path, which reports errors
+            except Exception as exc:  # noqa: BLE001 - the rows go to the fixed path, which reports errors
                 done = set(finished)
-                again += [r for r in dict.fromkeys(stream.rows + joining) if r not in done]
+                again += [r for r in dict.fromkeys(running + stream.rows + joining + list(waiting)) if r not in done]
+                waiting.clear()
                 stream.clear()
-    _add_stats(stats, {**stream.counts, "prefills": prompts.prefills})
+                failures += 1
+                warnings.warn(f"continuous batching stopped, the remaining {len(again)} rows run as micro-batches: "
+                              f"{error_text(exc)}")
+    _add_stats(stats, {**stream.counts, "prefills": prompts.prefills, "refill_failures": failures})
     results = _texts(tokenizer, stream.out[finished].tolist(), stream.n_out[finished].tolist(),
                      stream.stopped[finished].tolist())
     return dict(zip(finished, results)), again
@@ -958,9 +971,10 @@ def generate_batch(
             same step, so the batch does not shrink while rows wait. Off by default: on CPU it
             measured no faster (bench/README.md), and the GPU default is the compiled step.
             It changes which rows share a decode step, so texts may differ from the
-            micro-batch path (see the module doc). A batch whose admission or step fails goes
-            back to the micro-batch path (and its halving); a model whose KV cache cannot be
-            merged (not plain ``DynamicLayer``) uses that path, with a warning.
+            micro-batch path (see the module doc). When an admission or step fails, streaming
+            stops for the call and every unfinished row goes to the micro-batch path (and its
+            halving), with a warning; a model whose KV cache cannot be merged (not plain
+            ``DynamicLayer``) uses that path, with a warning.
         drop_finished: in ``dynamic`` mode, drop rows from the batch (and their KV cache)
             as they finish, so later steps run only the rows still decoding. Texts are
             the same as without (tests check it on CPU); ``static``/``compiled`` keep
