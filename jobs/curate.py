@@ -7,14 +7,13 @@ to executors as a wheel or zip with ``--py-files``).
 
 import argparse
 import sys
-import time
+
+from cleancurate.jobs import options
 
 
 def build_parser(prog: str = "curate") -> argparse.ArgumentParser:
-    from cleancurate.jobs.options import common_parser
-
-    p = common_parser(prog, "Curate (query, response) text with a language model.", "demo", "curation.rounds=3",
-                      "output folder of Delta tables (overrides output.path)")
+    p = options.common_parser(prog, "Curate (query, response) text with a language model.", "demo",
+                              "curation.rounds=3", "output folder of Delta tables (overrides output.path)")
     p.add_argument("--input", help="input Parquet path, Delta path or catalog table (overrides input.path)")
     p.add_argument("--new-run", action="store_true", help="add a run with a changed config beside existing runs")
     p.add_argument("--stop-after-round", type=int, help="commit this round and stop; rerun to resume")
@@ -22,22 +21,17 @@ def build_parser(prog: str = "curate") -> argparse.ArgumentParser:
     return p
 
 
-class ProgressPrinter:
+class ProgressPrinter(options.ProgressPrinter):
     """One line per round on stderr: documents, candidates, elapsed, ETA."""
 
     def __init__(self, quiet: bool = False, stream=None, verbose: bool = False):
-        self.quiet = quiet
+        super().__init__(quiet, stream)
         self.verbose = verbose
-        self.stream = stream or sys.stderr
-        self.t0 = time.time()
         self.round_times: list[float] = []
         self.rounds = None
 
-    def __call__(self, ev: dict) -> None:
-        if self.quiet:
-            return
+    def message(self, ev: dict, el: float) -> str | None:
         kind = ev["event"]
-        el = time.time() - self.t0
         if kind == "start":
             msg = f"run {ev['run_id']} (config {ev['config_hash']})"
             if ev["resume_after_round"] >= 0:
@@ -58,7 +52,7 @@ class ProgressPrinter:
                    f"[{ev['seconds']:.1f}s, elapsed {el:.0f}s{eta}]")
         elif kind == "step":
             if not self.verbose:
-                return
+                return None
             msg = f"  {ev['step']}: {ev['seconds']:.1f}s"
         elif kind == "stopped":
             msg = f"stopped after round {ev['round']} as asked; rerun the same command to resume"
@@ -67,28 +61,27 @@ class ProgressPrinter:
                    "original), "
                    f"{ev['quarantined_rows']} quarantined, {ev['mix_rows']} rows in mix [{el:.0f}s]")
         else:
-            return
-        print(f"[cleancurate] {msg}", file=self.stream, flush=True)
+            return None
+        return msg
 
 
 def main(argv=None) -> int:
     from cleancurate import config as config_mod
     from cleancurate.config import ConfigError
     from cleancurate.jobs.curation import AccountingError, curate
-    from cleancurate.jobs.options import config_overrides, print_outcome, run_job
     from cleancurate.tables import InputError
 
     args = build_parser().parse_args(argv)
 
     def run() -> int:
-        cfg = config_mod.load(args.config, config_overrides(args, **{"input.path": "input"}))
+        cfg = config_mod.load(args.config, options.config_overrides(args, **{"input.path": "input"}))
         result = curate(None, cfg, new_run=args.new_run, progress=ProgressPrinter(args.quiet, verbose=args.verbose),
                         stop_after_round=args.stop_after_round, report=not args.no_report)
-        print_outcome(f"run {result.run_id}", f"tables in {result.store.location('')}", result.complete,
-                      result.report_path)
+        options.print_outcome(f"run {result.run_id}", f"tables in {result.store.location('')}", result.complete,
+                              result.report_path)
         return 0
 
-    return run_job(run, (ConfigError, InputError), (AccountingError,))
+    return options.run_job(run, (ConfigError, InputError), (AccountingError,))
 
 
 if __name__ == "__main__":

@@ -8,32 +8,24 @@ after the last finished mix.
 
 import argparse
 import sys
-import time
+
+from cleancurate.jobs import options
 
 
 def build_parser(prog: str = "evaluate") -> argparse.ArgumentParser:
-    from cleancurate.jobs.options import common_parser
-
-    p = common_parser(prog, "Fine-tune on mixes with and without curated texts, answer held-out prompts, "
-                      "report harmful rates with intervals.", "eval-small", "evaluation.max_steps=5",
-                      "folder holding the curation run's tables (overrides output.path)")
+    p = options.common_parser(prog, "Fine-tune on mixes with and without curated texts, answer held-out "
+                              "prompts, report harmful rates with intervals.", "eval-small", "evaluation.max_steps=5",
+                              "folder holding the curation run's tables (overrides output.path)")
     p.add_argument("--curation-run-id", help="curation run to evaluate (default: the latest complete one)")
     p.add_argument("--stop-after-mix", help="commit this mix and stop; rerun to resume")
     return p
 
 
-class ProgressPrinter:
+class ProgressPrinter(options.ProgressPrinter):
     """One line per mix on stderr."""
 
-    def __init__(self, quiet: bool = False, stream=None):
-        self.quiet = quiet
-        self.stream = stream or sys.stderr
-        self.t0 = time.time()
-
-    def __call__(self, ev: dict) -> None:
-        if self.quiet:
-            return
-        kind, el = ev["event"], time.time() - self.t0
+    def message(self, ev: dict, el: float) -> str | None:
+        kind = ev["event"]
         if kind == "start":
             msg = (f"evaluation {ev['eval_run_id']} of curation run {ev['curation_run_id']}: "
                    f"{ev['harmful_prompts']} harmful + {ev['benign_prompts']} benign prompts"
@@ -57,8 +49,8 @@ class ProgressPrinter:
         elif kind == "complete":
             msg = f"complete: {ev['answer_rows']} answer rows [{el:.0f}s]"
         else:
-            return
-        print(f"[cleancurate] {msg}", file=self.stream, flush=True)
+            return None
+        return msg
 
 
 def main(argv=None) -> int:
@@ -66,23 +58,23 @@ def main(argv=None) -> int:
     from cleancurate.config import ConfigError
     from cleancurate.jobs.evaluation import PromptAccountingError, evaluate
     from cleancurate.jobs.evaluation.finetune import FineTuneError
-    from cleancurate.jobs.options import config_overrides, print_outcome, run_job
     from cleancurate.tables import InputError
 
     args = build_parser().parse_args(argv)
 
     def run() -> int:
-        cfg = config_mod.load(args.config, config_overrides(args, **{"evaluation.curation_run_id": "curation_run_id"}))
+        overrides = options.config_overrides(args, **{"evaluation.curation_run_id": "curation_run_id"})
+        cfg = config_mod.load(args.config, overrides)
         result = evaluate(cfg, progress=ProgressPrinter(args.quiet), stop_after_mix=args.stop_after_mix,
                           report=not args.no_report)
         rows = result.table("evaluation").orderBy("metric", "mix").collect() if result.complete else []
         for r in rows:
             print(f"{r.mix:4s} {r.metric:24s} {r.value:8.3f}  [{r.ci_low:.3f}, {r.ci_high:.3f}]  n={r.n}")
-        print_outcome(f"evaluation {result.eval_run_id}", f"table {result.store.location('evaluation')}",
-                      result.complete, result.report_path)
+        options.print_outcome(f"evaluation {result.eval_run_id}", f"table {result.store.location('evaluation')}",
+                              result.complete, result.report_path)
         return 0
 
-    return run_job(run, (ConfigError, InputError, FineTuneError), (PromptAccountingError,))
+    return options.run_job(run, (ConfigError, InputError, FineTuneError), (PromptAccountingError,))
 
 
 if __name__ == "__main__":

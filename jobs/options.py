@@ -2,6 +2,7 @@
 
 import argparse
 import sys
+import time
 from typing import Callable
 
 
@@ -29,6 +30,28 @@ def config_overrides(args: argparse.Namespace, **paths: str) -> list[str]:
         if value:
             overrides.append(f"{key}={value}")
     return overrides
+
+
+class ProgressPrinter:
+    """One line per job event on stderr, ``[cleancurate] <message>``; nothing when ``quiet``.
+
+    A job's printer implements :meth:`message`: the line for an event, or None to print nothing.
+    """
+
+    def __init__(self, quiet: bool = False, stream=None):
+        self.quiet = quiet
+        self.stream = stream or sys.stderr
+        self.t0 = time.time()
+
+    def message(self, ev: dict, elapsed: float) -> str | None:
+        raise NotImplementedError
+
+    def __call__(self, ev: dict) -> None:
+        if self.quiet:
+            return
+        msg = self.message(ev, time.time() - self.t0)
+        if msg is not None:
+            print(f"[cleancurate] {msg}", file=self.stream, flush=True)
 
 
 def print_outcome(what: str, where: str, complete: bool, report_path: str | None) -> None:
