@@ -32,6 +32,20 @@ def quiet_stdout() -> None:
     os.dup2(2, 1)
 
 
+def add_threads_option(ap, help: str = "torch intra-op threads (default 1, see README; 0 keeps torch's own default)"):
+    """The ``--threads`` option of the CPU benchmarks."""
+    ap.add_argument("--threads", type=int, default=DEFAULT_THREADS, help=help)
+
+
+def begin() -> dict:
+    """Start a CPU benchmark: stdout kept for the JSON, no tokenizer threads, and the load when it
+    starts (keys added to :func:`environment`'s in the JSON)."""
+    quiet_stdout()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return {"loadavg_1m_at_start": round(os.getloadavg()[0], 2),
+            "cpu_pressure_some_avg60_pct_at_start": cpu_pressure()}
+
+
 def emit(obj: dict) -> None:
     """Write the single JSON result to the real stdout."""
     text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"

@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 
 from bench._common import (
-    DEFAULT_THREADS, cpu_pressure,
-    MODEL_SPEC, emit, environment, load_model, max_rel_diff, maxrss_mib, quiet_stdout,
+    MODEL_SPEC, add_threads_option, begin, emit, environment, load_model, max_rel_diff, maxrss_mib,
     rss_peak_of_self, sample_rows, set_threads, summary, timed_cpu,
 )
 
@@ -67,16 +65,12 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--batch-rows", type=int, default=16)
     ap.add_argument("--token-budget", type=int, default=1024)
-    ap.add_argument("--threads", type=int, default=DEFAULT_THREADS,
-                    help="torch intra-op threads (default 1, see README; 0 keeps torch's own default)")
+    add_threads_option(ap)
     args = ap.parse_args(argv)
 
-    quiet_stdout()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    start = begin()
     from cleancurate.udfs.perplexity import encode_pairs, score_batch
 
-    load_start = round(os.getloadavg()[0], 2)
-    pressure_start = cpu_pressure()
     rows = sample_rows(args.rows)
     queries = [r["query"] for r in rows]
     responses = [r["response"] for r in rows]
@@ -153,8 +147,7 @@ def main(argv=None) -> None:
             "ru_maxrss_mib_process": maxrss_mib(),
             "note": "sampled every 20 ms from /proc/self/status VmRSS; ru_maxrss is the whole process's peak",
         },
-        "environment": {**environment(), "loadavg_1m_at_start": load_start,
-                        "cpu_pressure_some_avg60_pct_at_start": pressure_start},
+        "environment": {**environment(), **start},
     })
 
 

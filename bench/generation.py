@@ -43,12 +43,11 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
-import os
 import statistics
 import time
 
 from bench._common import (
-    DEFAULT_THREADS, MODEL_SPEC, cpu_pressure, emit, environment, load_model, maxrss_mib, quiet_stdout,
+    MODEL_SPEC, add_threads_option, begin, emit, environment, load_model, maxrss_mib,
     sample_rows, set_threads,
 )
 
@@ -459,14 +458,10 @@ def main(argv=None) -> None:
     ap.add_argument("--no-demo", action="store_true", help="skip the demo-settings section")
     ap.add_argument("--profile-cached", type=int, default=240,
                     help="cached tokens of the profiled decode step (section 'decode_step'); 0 skips it")
-    ap.add_argument("--threads", type=int, default=DEFAULT_THREADS,
-                    help="torch intra-op threads (default 1, see README; 0 keeps torch's own default)")
+    add_threads_option(ap)
     args = ap.parse_args(argv)
 
-    quiet_stdout()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    load_start = round(os.getloadavg()[0], 2)
-    pressure_start = cpu_pressure()
+    start = begin()
     from cleancurate.config import load
 
     cur = load("demo").to_dict()["curation"]
@@ -496,8 +491,7 @@ def main(argv=None) -> None:
     if args.profile_cached:
         out["decode_step"] = _profile_section(model, args)
     out["ru_maxrss_mib_process"] = maxrss_mib()
-    out["environment"] = {**environment(), "loadavg_1m_at_start": load_start,
-                          "cpu_pressure_some_avg60_pct_at_start": pressure_start}
+    out["environment"] = {**environment(), **start}
     emit(out)
 
 

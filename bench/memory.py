@@ -24,7 +24,7 @@ import os
 import tempfile
 
 from bench._common import (
-    MODEL_SPEC, RssSampler, cpu_pressure, emit, environment, hwm_mib, quiet_stdout, reset_hwm, rss_mib,
+    MODEL_SPEC, RssSampler, begin, emit, environment, hwm_mib, reset_hwm, rss_mib,
     sample_rows, timed,
 )
 
@@ -102,11 +102,9 @@ def main(argv=None) -> None:
     ap.add_argument("--arrow-batch-rows", type=int, default=None)
     args = ap.parse_args(argv)
 
-    quiet_stdout()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    start = begin()
     load_log = os.path.join(tempfile.mkdtemp(prefix="bench-memory-"), "loads.tsv")
     os.environ["CLEANCURATE_LOAD_LOG"] = load_log
-    load_start, pressure_start = round(os.getloadavg()[0], 2), cpu_pressure()
 
     from cleancurate.config import load
     from cleancurate.session import get_spark
@@ -176,8 +174,7 @@ def main(argv=None) -> None:
         "flat_criterion": "Nx peak <= 1.10 x 1x peak for the driver and the Python workers",
         "memory_flat": bool(worker_ok and driver_ok),
         "model_loads": {"total": len(loads), "per_pid": dict(collections.Counter(loads))},
-        "environment": {**environment(), "loadavg_1m_at_start": load_start,
-                        "cpu_pressure_some_avg60_pct_at_start": pressure_start},
+        "environment": {**environment(), **start},
     })
 
 

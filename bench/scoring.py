@@ -30,8 +30,8 @@ import tempfile
 import pandas as pd  # module level: pandas_udf resolves the (string) annotations against module globals
 
 from bench._common import (
-    DEFAULT_THREADS, MODEL_SPEC, cpu_pressure, emit, environment, load_model, max_rel_diff,
-    quiet_stdout, sample_rows, set_threads, timed, timed_cpu,
+    MODEL_SPEC, add_threads_option, begin, cpu_pressure, emit, environment, load_model, max_rel_diff,
+    sample_rows, set_threads, timed, timed_cpu,
 )
 
 
@@ -125,16 +125,13 @@ def main(argv=None) -> None:
     ap.add_argument("--rows", type=int, default=96)
     ap.add_argument("--arrow-batch-rows", type=int, default=None,
                     help="spark.sql.execution.arrow.maxRecordsPerBatch (default: demo runtime.arrow_batch_rows)")
-    ap.add_argument("--threads", type=int, default=DEFAULT_THREADS,
-                    help="torch threads of the in-process run (default 1; 0 keeps torch's default)")
+    add_threads_option(ap, help="torch threads of the in-process run (default 1; 0 keeps torch's default)")
     ap.add_argument("--no-single-partition", action="store_true", help="skip the coalesce(1) Spark run")
     args = ap.parse_args(argv)
 
-    quiet_stdout()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    start = begin()
     load_log = os.path.join(tempfile.mkdtemp(prefix="bench-scoring-"), "loads.tsv")
     os.environ["CLEANCURATE_LOAD_LOG"] = load_log  # inherited by the JVM and its Python workers
-    load_start, pressure_start = round(os.getloadavg()[0], 2), cpu_pressure()
 
     from cleancurate.config import load
     from cleancurate.session import get_spark
@@ -224,8 +221,7 @@ def main(argv=None) -> None:
             "during_default_spark_run": loads_after_spark - loads_after_warm,
         },
         "note": _note(spark_s, single, inproc_s, inproc_threads, partitions, arrow_rows, cpu_pressure(), padded),
-        "environment": {**environment(), "loadavg_1m_at_start": load_start,
-                        "cpu_pressure_some_avg60_pct_at_start": pressure_start},
+        "environment": {**environment(), **start},
     })
 
 
