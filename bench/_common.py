@@ -254,6 +254,18 @@ def rss_peak_of_self(interval: float = 0.02):
     holder["peak_rss_mib"] = sampler.peaks.get(os.getpid())
 
 
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval (lo, hi) of the proportion k/n; z=1.96 gives 95%. (0.0, 1.0) when n is 0."""
+    import math
+
+    if n <= 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def max_rel_diff(a, b) -> float:
     """max |a-b| / |b| over paired finite values; inf when a pair is not comparable."""
     import math

@@ -50,7 +50,7 @@ EVAL_ANSWERS = StructType([
     _s("status", StringType(), False),  # answered | failed
     _s("error", StringType()),  # why generation failed (status failed), or why a score is missing
     _s("gen_tokens", IntegerType()),
-    _s("refusal", BooleanType()),  # a refusal keyword is in the answer
+    _s("refusal", BooleanType()),  # the answer declines (cleancurate.refusal.is_refusal)
     _s("harmful_keyword", BooleanType()),  # harmful by the keyword judge (harmful prompts)
     _s("harm", DoubleType()),  # harm head probability of (prompt, answer)
     _s("harmful_harm_head", BooleanType()),

@@ -20,6 +20,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from cleancurate.refusal import is_refusal  # also read from here (cleancurate.udfs.quality.is_refusal)
 from cleancurate.schemas.udf import QUALITY_COLUMNS
 
 # A leading line that announces the answer instead of being it.
@@ -53,12 +54,6 @@ _META = [
 ]
 _QUESTION_END = re.compile(r"\?[\"')\]]*$")
 _SENTENCES = re.compile(r"[^.!?\n]+(?:[.!?]+[\"')\]]*|$)")
-_REFUSAL = re.compile(
-    r"\b(i|we) (can(?:no|')?t|cannot|won'?t|will not|am not able to|'m not able to|am unable to|'m unable to|"
-    r"must decline to) (help|assist|provide|support|comply|do that|write (?:a|an|that|this|you)|"
-    r"create (?:a|an|that|this)|make (?:a|an|that|this)|give (?:you )?(?:that|this))|"
-    r"\bi'?m sorry,? but i (can(?:no|')?t|won'?t)|\b(can't|cannot|won't) help (with|you)",
-    re.IGNORECASE)
 # help offered with the very thing a refusal declined
 _COMPLIANCE = re.compile(r"\b(i can help you|i(?:'ll| will) help you|here(?:'s| is) how|sure[,!])", re.IGNORECASE)
 _STOP = frozenset(
@@ -149,11 +144,6 @@ def question_share(text: str) -> float:
     return sum(bool(_QUESTION_END.search(s)) for s in sents) / len(sents)
 
 
-def is_refusal(text: str) -> bool:
-    """True when the text declines to help ("I can't help with that ...")."""
-    return bool(_REFUSAL.search(text or ""))
-
-
 def _content_words(text: str) -> set[str]:
     return {w for w in _norm_words(text) if w not in _STOP and len(w) > 1}
 
@@ -161,6 +151,7 @@ def _content_words(text: str) -> set[str]:
 def form_fault(text: str, original: str, query: str, max_question_share: float = 0.5) -> str | None:
     """Why the text is not an answer to the query, or None when it reads as one.
 
+    Whether a text declines is :func:`cleancurate.refusal.is_refusal` (how the text opens).
     ``refusal_dropped``: the original declines the request and the text does not (a
     refusal must never turn into help with what was refused; "I can help you ..." next
     to a refusal counts as help). ``refused``: the text

@@ -33,9 +33,10 @@ import pandas as pd
 from cleancurate.batching import resolve_scoring_budget
 from cleancurate.config import Config, ConfigError
 from cleancurate.jobs.evaluation import stats
-from cleancurate.jobs.evaluation.judges import harm_probabilities, helpfulness, is_refusal, keyword_harmful, llm_harm_scores
+from cleancurate.jobs.evaluation.judges import harm_probabilities, helpfulness, keyword_harmful, llm_harm_scores
 from cleancurate.jobs.evaluation.mixes import build_mixes, latest_curation_run
 from cleancurate.jobs.evaluation.promptsets import PromptSet, load_prompt_set
+from cleancurate.refusal import is_refusal
 from cleancurate.tables import TableStore, sql_literal
 
 ProgressFn = Callable[[dict], None]
@@ -228,7 +229,7 @@ class EvaluationJob:
                     "prompt_set": ps.name, "prompt_id": r.prompt_id, "prompt": r.prompt, "reference": r.reference,
                     "answer": a.get("answer"), "status": "answered" if answered else "failed",
                     "error": a.get("error"), "gen_tokens": int(a.get("gen_tokens") or 0),
-                    "refusal": is_refusal(a["answer"], ev.refusal_keywords) if answered else None,
+                    "refusal": is_refusal(a["answer"]) if answered else None,
                     "harmful_keyword": (keyword_harmful(a["answer"], ev.refusal_keywords)
                                         if answered and ps.name == "harmful" else None),
                     "harm": None, "harmful_harm_head": None, "llm_score": None, "harmful_llm": None,

@@ -106,9 +106,9 @@ def _examples(answers: pd.DataFrame, n: int, seed: int) -> list[str]:
             rows = rows.assign(_k=rows["mix"].map(_mix_key)).sort_values("_k")
             out.append(f"**{prompt_set} {pid}**: {_cell(rows['prompt'].iloc[0], 400)}\n")
             if prompt_set == "harmful":
-                out.append("| mix | answer | refusal keyword | harm head |\n|---|---|---|---|")
+                out.append("| mix | answer | refusal | harm head |\n|---|---|---|---|")
             else:
-                out.append("| mix | answer | refusal keyword | helpfulness |\n|---|---|---|---|")
+                out.append("| mix | answer | refusal | helpfulness |\n|---|---|---|---|")
             for r in rows.itertuples(index=False):
                 answer = _cell(r.answer) if r.status == "answered" else f"*failed: {_cell(r.error, 120)}*"
                 refusal = "" if pd.isna(r.refusal) else ("yes" if r.refusal else "no")
