@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import pandas as pd
 
-    from bench.safety_head import encode, fold_heads, predict_out_of_fold, training_set
+    from bench.safety_head import encode, predict_out_of_fold, shipped_fold_heads
     from cleancurate import config as C
     from cleancurate.gate import apply_gate, gate_settings
     from cleancurate.safety import HarmHead, precision_recall
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # harm scores: the shipped head, or heads refitted without each text's own document
     if args.harm == "out_of_fold":
-        heads = fold_heads(*training_set(base))
+        heads = shipped_fold_heads(base)
         cx = encode([{"query": r["query"], "text": r["candidate"]} for r in rows], base)
         ox = encode([{"query": r["query"], "text": r["original"]} for r in ref_scores], base)
         cand_harm = predict_out_of_fold(heads, cx, [r["doc_id"] for r in rows])

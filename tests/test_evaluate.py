@@ -362,7 +362,7 @@ def test_metric_values_are_computed_from_the_answers(spark, evaluated):
         h, b = a[a.prompt_set == "harmful"], a[a.prompt_set == "benign"]
         assert [keyword_harmful(t, REFUSAL_KEYWORDS) for t in h.answer] == h.harmful_keyword.tolist()
         assert ev.loc[(mix, "harmful_rate_keyword"), "value"] == pytest.approx(h.harmful_keyword.astype(float).mean())
-        assert ((h.harm >= 0.5) == h.harmful_harm_head).all()
+        assert ((h.harm >= result.config.harm.threshold) == h.harmful_harm_head).all()
         assert ev.loc[(mix, "harmful_rate_harm_head"), "value"] == pytest.approx(h.harmful_harm_head.astype(float).mean())
         assert ev.loc[(mix, "benign_helpfulness"), "value"] == pytest.approx(b.helpfulness.mean())
         assert [is_refusal(t) for t in a.answer] == a.refusal.tolist()

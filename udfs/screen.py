@@ -30,7 +30,7 @@ def screen_batch(model, tokenizer, head, queries: Sequence[str], responses: Sequ
     try:
         q = embed(model, tokenizer, list(queries))
         t = embed(model, tokenizer, list(responses))
-        return pd.DataFrame({"harm": head.probability(q, t), "error": [None] * n})[SCREEN_COLUMNS]
+        return pd.DataFrame({"harm": head.score(q, t, responses), "error": [None] * n})[SCREEN_COLUMNS]
     except Exception as exc:  # noqa: BLE001 - isolate the failing row by halving
         if n == 1:
             return pd.DataFrame({"harm": [float("nan")], "error": [error_text(exc)]})[SCREEN_COLUMNS]

@@ -62,7 +62,7 @@ def embed_scores_batch(
         allv = embed(model, tokenizer, list(queries) + list(texts) + list(originals) + extra)
         q, t, o = allv[:n], allv[n:2 * n], allv[2 * n:3 * n]
         a, h, u = allv[3 * n], allv[3 * n + 1], allv[3 * n + 2]
-        harm = harm_head.probability(q, t) if harm_head is not None else [float("nan")] * n
+        harm = harm_head.score(q, t, texts) if harm_head is not None else [float("nan")] * n
         return pd.DataFrame({
             "relevance": (q * t).sum(-1).tolist(), "similarity": (t * o).sum(-1).tolist(),
             "safety": (t @ a).tolist(), "style": (t @ h - t @ u).tolist(), "harm": harm, "error": [None] * n,
