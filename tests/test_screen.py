@@ -135,3 +135,34 @@ def test_screen_keeps_unsafe_originals_out_of_curation_and_accounts_for_every_ro
     assert res.counts["input_rows"] == len(rows) and res.counts["mix_rows"] == len(mix)
     assert res.counts["unsafe_rows"] == 2
     assert pd.Series(res.counts["quarantined_by_stage"]).get("screen", 0) == len(screened)
+
+
+def test_head_carries_its_threshold_and_scores_refusals_zero():
+    import torch
+
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    head = fit(x, [1, 0], features="t")
+    head.threshold, head.refusals_safe = 0.7, True
+    again = HarmHead.from_json(head.to_json())
+    assert (again.threshold, again.refusals_safe, again.features) == (0.7, True, "t")
+    raw = again.probability_of_features(x)
+    assert raw[0] > 0.5
+    texts = ["I can't help with that request.", "Sure, here is how."]
+    assert again.apply_refusals(raw, texts) == [0.0, raw[1]]
+    again.refusals_safe = False
+    assert again.apply_refusals(raw, texts) == raw
+    # a head file without the newer keys keeps the old behaviour
+    old = HarmHead.from_json(json.dumps({"features": "t,q*t", "weights": [0.0] * 4, "bias": 0.0}))
+    assert (old.threshold, old.refusals_safe) == (0.5, False)
+    with pytest.raises(ValueError, match="unknown part"):
+        HarmHead.from_json(json.dumps({"features": "t,x", "weights": [0.0], "bias": 0.0}))
+
+
+def test_harm_threshold_null_takes_the_heads_own_and_an_override_wins():
+    cfg = C.load("demo")
+    head = HarmHead.from_json(cfg.harm.head)
+    assert cfg.harm.threshold == head.threshold
+    assert cfg.with_overrides(["harm.threshold=0.3"]).harm.threshold == 0.3
+    assert C.load("demo", ["harm.head_file=null"]).harm.threshold == 0.5
+    with pytest.raises(C.ConfigError, match="harm.threshold"):
+        C.load("demo", ["harm.threshold=1.5"])
