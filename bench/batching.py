@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.batching [--rows 96] [--repeats 1] [--batch-rows 16] [--token-budget 1024] [--threads N]
 
-*Budget*: ``score_batch(..., token_budget=1024)`` from ``cleancurate.udfs.perplexity``:
+*Budget*: ``score_batch(..., token_budget=1024)`` from ``cleancurate.engine.perplexity``:
 rows length-sorted into micro-batches of at most 1024 padded tokens, the LM head
 applied only at scored (response) positions.
 
@@ -32,7 +32,7 @@ def naive_score(model, tokenizer, queries, responses, batch_rows: int = 16) -> l
     """Textbook perplexity: fixed padded batches in input order, full logits, log_softmax, gather."""
     import torch
 
-    from cleancurate.udfs.perplexity import encode_pairs
+    from cleancurate.engine.perplexity import encode_pairs
 
     encoded = encode_pairs(tokenizer, queries, responses)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -69,7 +69,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     start = begin()
-    from cleancurate.udfs.perplexity import encode_pairs, score_batch
+    from cleancurate.engine.perplexity import encode_pairs, score_batch
 
     rows = sample_rows(args.rows)
     queries = [r["query"] for r in rows]

@@ -1,7 +1,7 @@
 """Generate revision candidates for the labeled gate set (no Spark).
 
 Runs the job's own prompt construction, sampler and text clean-up
-(:func:`cleancurate.udfs.rewrite.generate_batch`, :func:`cleancurate.udfs.quality.strip_preamble`)
+(:func:`cleancurate.engine.generate.generate_batch`, :func:`cleancurate.textrules.strip_preamble`)
 over a list of documents and several generation settings, and writes one JSONL row
 per candidate for a reader to label. The labeled file is ``data/gate_set/labeled.jsonl``;
 see ``data/gate_set/README.md`` for how it was made.
@@ -45,8 +45,9 @@ def load_docs(sample_ids: list[str], written: bool = True) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     from cleancurate.config import read_conf_file
     from cleancurate.models import get_model
-    from cleancurate.udfs.quality import strip_preamble
-    from cleancurate.udfs.rewrite import build_prompts, generate_batch
+    from cleancurate.textrules import strip_preamble
+    from cleancurate.engine.generate import generate_batch
+    from cleancurate.engine.prompting import build_prompts
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)

@@ -12,7 +12,7 @@ profile's (temperature, top_p) grid (2 x 2), i.e. 16 revision prompts built with
 ``build_prompts`` and the demo revision instruction, one fixed seed per prompt.
 *Baseline*: the previous ``generate_batch`` (kept below, verbatim: host-side sampler
 with a full-vocabulary sort, per-row Python work per step, growing attention mask).
-*New*: ``generate_batch`` of :mod:`cleancurate.udfs.rewrite` with the same prompts,
+*New*: ``generate_batch`` of :mod:`cleancurate.engine.generate` with the same prompts,
 settings, seeds and micro-batches: ``decode="dynamic"`` (the CPU default: KV cache
 grown in place), the same with transformers' own concatenating ``DynamicCache``
 (``new_dynamic_concat``, the code before the in-place cache), and ``decode="static"``.
@@ -21,7 +21,7 @@ hits all alike; medians are reported. Texts must be identical. Every model forwa
 timed, which splits each run into model time and everything else (sampling,
 bookkeeping). Then (skip with ``--no-single``) the default at batch size 1 on the same
 rows, to count how many texts the batch changes (see the determinism notes in
-``udfs/rewrite.py``).
+``cleancurate/engine/generate.py``).
 
 *Refill* (``refill``; ``--refill-docs 0`` skips it): the next ``refill-docs`` documents x
 the same grid (64 rows by default), ``max_new_tokens`` 128 so rows end at different
@@ -80,7 +80,7 @@ def _baseline_generate_group(model, tokenizer, prompt_ids, temps, top_ps, seeds,
 
     import torch
 
-    from cleancurate.udfs.quality import trim_unfinished
+    from cleancurate.textrules import trim_unfinished
 
     device = next(model.parameters()).device
     b = len(prompt_ids)
@@ -139,7 +139,7 @@ def baseline_generate_batch(model, tokenizer, prompts, temperatures, top_ps, see
 
     from cleancurate.batching import error_text, plan_microbatches, run_with_backoff
     from cleancurate.schemas.udf import GENERATION_COLUMNS
-    from cleancurate.udfs.rewrite import stop_token_ids
+    from cleancurate.engine.prompting import stop_token_ids
 
     n = len(prompts)
     texts, counts, errors = [None] * n, [0] * n, [None] * n
@@ -194,7 +194,7 @@ class ForwardTimer:
 
 def _grid_rows(tok, cur: dict, grid: list, docs: list[dict]):
     """Revision prompts: every document x every (temperature, top_p) of the grid, one seed per row."""
-    from cleancurate.udfs.rewrite import build_prompts
+    from cleancurate.engine.prompting import build_prompts
 
     doc_prompts = build_prompts(tok, cur["prompt"], cur.get("system_prompt"),
                                 [d["query"] for d in docs], [d["response"] for d in docs])
@@ -242,8 +242,8 @@ def _same(a, b) -> int:
 
 def _demo_section(model, tok, rows, args, timer) -> dict:
     """The demo settings: the previous code vs the current one, same micro-batches (see the module doc)."""
-    from cleancurate.udfs import rewrite
-    from cleancurate.udfs.rewrite import generate_batch
+    from cleancurate.engine import decode as decode_loop
+    from cleancurate.engine.generate import generate_batch
 
     prompts, temps, top_ps, seeds = rows
     common = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
@@ -253,12 +253,12 @@ def _demo_section(model, tok, rows, args, timer) -> dict:
 
     def concat(stats):
         """The micro-batch path with transformers' own DynamicCache (a torch.cat per layer per step)."""
-        grow = rewrite._grow_cache
-        rewrite._grow_cache = lambda *a: False
+        grow = decode_loop._grow_cache  # the name the decode loop calls
+        decode_loop._grow_cache = lambda *a: False
         try:
             return new("dynamic", stats, refill=False)
         finally:
-            rewrite._grow_cache = grow
+            decode_loop._grow_cache = grow
 
     runs = {
         "baseline": lambda stats: baseline_generate_batch(model, tok, prompts, temps, top_ps, seeds, **common),
@@ -311,7 +311,7 @@ def _demo_section(model, tok, rows, args, timer) -> dict:
 
 def _refill_section(model, tok, rows, args, timer) -> dict:
     """Rows that end at different steps, more rows than a batch: micro-batches vs continuous batching."""
-    from cleancurate.udfs.rewrite import generate_batch
+    from cleancurate.engine.generate import generate_batch
 
     prompts, temps, top_ps, seeds = rows
     common = dict(max_new_tokens=args.refill_max_new_tokens, batch_size=args.batch_size, decode="dynamic")
@@ -361,7 +361,7 @@ def _profile_section(model, args) -> dict:
     Random prompt ids (a step's cost does not depend on them), every other row with 10
     tokens of left padding, greedy steps. The steps run through transformers'
     ``DynamicCache`` (``concat``: a ``torch.cat`` per layer per step) and through the
-    grow-in-place cache of :mod:`cleancurate.udfs.rewrite` (``grow``), alternating; reports
+    grow-in-place cache of :mod:`cleancurate.engine.kvcache` (``grow``), alternating; reports
     each one's median step time, whether their logits are bit-identical, and torch.profiler's
     self CPU time per step by kind of work. ``python_and_framework`` is the profiled wall
     time that no operator accounts for (Python, module calls, dispatch); the profiler adds
@@ -371,7 +371,7 @@ def _profile_section(model, args) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     from cleancurate.attention import use_gqa_decode
-    from cleancurate.udfs import rewrite
+    from cleancurate.engine import kvcache
 
     use_gqa_decode(model)
     b, n, steps, warm = args.batch_size, args.profile_cached, 10, 2
@@ -382,7 +382,7 @@ def _profile_section(model, args) -> dict:
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     full = torch.ones(b, n + steps, dtype=torch.long)
     full[:, :n] = mask
-    kw = rewrite._cache_kw(model)
+    kw = kvcache._cache_kw(model)
 
     def decode(grow: bool, prof=None):
         times, logits = [], []
@@ -390,7 +390,7 @@ def _profile_section(model, args) -> dict:
             out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
             cache, p = getattr(out, kw), pos[:, -1:]
             if grow:
-                rewrite._grow_cache(cache, None, n + steps)
+                kvcache._grow_cache(cache, None, n + steps)
             for i in range(steps):
                 if prof is not None and i == warm:
                     prof.start()

@@ -22,7 +22,7 @@ KV cache and a CUDA-graph decode step; ``static``; ``dynamic``), and transformer
 static cache (``cache_implementation="static"``, which compiles its decode step). Each
 is run once to warm up (compilation is reported as ``first_call_s``), then timed.
 
-Scoring: ``udfs.perplexity.score_batch`` on ``--score-rows`` rows of about 300 tokens
+Scoring: ``engine.perplexity.score_batch`` on ``--score-rows`` rows of about 300 tokens
 (100 query + 200 response) at the automatic token budget and at 16,384 and 65,536,
 against a naive loop: 16 rows per batch in input order, right-padded, full logits at
 every position, log-softmax, gather.
@@ -179,7 +179,7 @@ def hf_generate(model, id_lists, max_new: int, device: str, static: bool):
 
 def bench_generation(model, tokenizer, args, dev: dict, params: int, param_bytes: int, on_entry=None) -> dict:
     from cleancurate.batching import generation_sizes
-    from cleancurate.udfs.rewrite import generate_batch
+    from cleancurate.engine.generate import generate_batch
 
     results = {}
     vocab = model.config.vocab_size
@@ -247,7 +247,8 @@ def probe_determinism(model, tokenizer, args, rows: int = 64, new: int = 16) -> 
     with fresh generators, greedy decoding and sampled decoding (``dynamic``)."""
     import torch
 
-    from cleancurate.udfs.rewrite import generate_batch, sample_next
+    from cleancurate.engine.generate import generate_batch
+    from cleancurate.engine.sampling import sample_next
 
     prompts, id_lists, temps, tops, seeds = make_prompts(rows, args.samples_per_prompt, args.prompt_tokens,
                                                          model.config.vocab_size, tokenizer, seed=7)
@@ -291,7 +292,7 @@ def free_generation_memory(model) -> None:
 
     import torch
 
-    from cleancurate.udfs.rewrite import release_decode_cache
+    from cleancurate.engine.kvcache import release_decode_cache
 
     release_decode_cache()
     if hasattr(model, "_cache"):
@@ -329,7 +330,7 @@ def bench_scoring(model, tokenizer, args, dev: dict, params: int) -> dict:
     import torch
 
     from cleancurate.batching import scoring_token_budget
-    from cleancurate.udfs.perplexity import encode_pairs, score_batch
+    from cleancurate.engine.perplexity import encode_pairs, score_batch
 
     g = torch.Generator().manual_seed(1)
     vocab = model.config.vocab_size

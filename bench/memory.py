@@ -108,7 +108,7 @@ def main(argv=None) -> None:
 
     from cleancurate.config import load
     from cleancurate.session import get_spark
-    from cleancurate.udfs.perplexity import perplexity_udf
+    from cleancurate.udfs.perplexity import perplexity_udf  # the Spark UDF is what this benchmark measures
 
     cfg = load("demo").to_dict()
     cfg["model"]["device"] = "cpu"

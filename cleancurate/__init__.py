@@ -10,8 +10,9 @@ The lakehouse-step API::
     evaluation = evaluate("eval-small")  # fine-tune on mixes of a curation run, judge the answers
     evaluation.table("evaluation")
 
-Package layers: ``cleancurate`` (this library: config, models, batching, prompts, tables),
-``cleancurate.schemas``, ``cleancurate.udfs`` above them, and the jobs' stages in
+Package layers: ``cleancurate`` (this library: config, models, batching, prompts, tables,
+text rules, and the model engine ``cleancurate.engine``), ``cleancurate.schemas``,
+``cleancurate.udfs`` (Spark shells around the engine) above them, and the jobs' stages in
 ``cleancurate.jobs`` (``curation``, ``evaluation``) on top. The functions below import the
 jobs when called, so importing the library loads no job code.
 """

@@ -176,7 +176,7 @@ def scoring_token_budget(model, *, fraction: float = 0.8, reserve_gib: float = 4
 
     Per padded token: the layer activations of one layer at a time (hidden states,
     attention and MLP intermediates). The output layer runs on a fixed number of scored
-    positions at a time (``udfs.perplexity._NLL_CHUNK``), so its float32 logits are a
+    positions at a time (``engine.perplexity._NLL_CHUNK``), so its float32 logits are a
     fixed amount set aside, not a per-token cost. Rounded down to a power of two.
     """
     got = _usable_bytes(model, fraction, reserve_gib)

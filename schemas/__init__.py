@@ -2,8 +2,9 @@
 
 The UDF return types (:mod:`cleancurate.schemas.udf`) are plain strings and load at
 once. The table StructTypes (:mod:`cleancurate.schemas.tables`) need pyspark, so they
-load on first use: the batch functions of ``cleancurate.udfs`` and the GPU benchmark
-import this package on machines that have torch but no Spark or Java.
+load on first use: the model engine (``cleancurate.engine``, for the column orders of
+its DataFrames), the UDF factories and the GPU benchmark import this package on
+machines that have torch but no Spark or Java.
 """
 
 from cleancurate.schemas.udf import (  # noqa: F401

@@ -1,6 +1,8 @@
 """Return types of the pandas UDFs, as DDL strings Spark parses, plus pandas column orders.
 
-Kept free of pyspark imports so the pure batch functions can use them in tests.
+Kept free of pyspark imports (and of any import) so the model engine's batch functions
+(:mod:`cleancurate.engine`) order their DataFrames by these lists, in Spark workers and
+in tests alike.
 """
 
 #: perplexity UDF: one row per (query, response)

@@ -7,7 +7,7 @@ import pytest
 
 from cleancurate import config as C
 from cleancurate.gate import RULES, apply_gate, gate_settings, has_safety_implication, relative_floor
-from cleancurate.udfs.quality import quality_batch
+from cleancurate.textrules import quality_batch
 
 QUERY = "How should I water my potted fern?"
 ORIGINAL = "Water the soil when the top inch feels dry, then let the pot drain fully."
@@ -174,7 +174,7 @@ def test_reader_rules_can_be_switched_off():
 
 
 def test_clause_coverage_finds_the_dropped_item_of_a_list():
-    from cleancurate.udfs.quality import clause_coverage
+    from cleancurate.textrules import clause_coverage
 
     query = "What's a good way to avoid getting sick when traveling?"
     original = ("Wash your hands often, carry hand sanitizer, drink bottled or treated water where tap water "

@@ -2,7 +2,7 @@
 
 import pytest
 
-from cleancurate.udfs.similarity import embed_scores_batch
+from cleancurate.engine.embedding import embed_scores_batch
 
 TRIPLES = [
     ("How do I keep basil alive indoors?",

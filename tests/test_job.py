@@ -139,7 +139,7 @@ def test_gate_decisions_match_the_configured_thresholds(spark, run):
     for col, src in (("ref_ppl", "ppl"), ("ref_readability", "readability"),
                      ("ref_helpfulness", "helpfulness"), ("ref_safety", "safety")):
         new[col] = new.doc_id.map(refs[src])
-    from cleancurate.udfs.quality import quality_batch
+    from cleancurate.textrules import quality_batch
 
     docs = table(spark, run.store.output.path, "docs").set_index("doc_id")
     q = quality_batch(list(new.text.fillna("")), list(new.doc_id.map(docs.response)),
@@ -278,7 +278,7 @@ def test_report_figures_exist_and_their_data_matches_the_tables(spark, run):
 
 
 def test_curated_outputs_hold_no_degenerate_text(spark, run):
-    from cleancurate.udfs.quality import compression_ratio, meta_text_reason, repeated_ngram_ratio
+    from cleancurate.textrules import compression_ratio, meta_text_reason, repeated_ngram_ratio
 
     g = run.config.gate
     for text in table(spark, run.store.output.path, "curated").response_curated:

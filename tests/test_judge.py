@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from cleancurate.udfs.judge import judge_batch, score_from_digit_probs
+from cleancurate.engine.judge import judge_batch, score_from_digit_probs
 from fakes import CharTokenizer, DigitJudge
 
 TEMPLATE = "Q: {query}\nA: {response}\nRate {rubric} 0-5."

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from cleancurate.udfs.perplexity import encode_pairs, score_batch, window_chunks
+from cleancurate.engine.perplexity import encode_pairs, score_batch, window_chunks
 
 QUERIES = [
     "What is the capital of France?",
@@ -91,7 +91,7 @@ def test_empty_response_gets_an_error_not_a_number(lm):
 
 @pytest.mark.model
 def test_retention_is_low_when_the_candidate_carries_the_original_and_high_when_not(lm):
-    from cleancurate.udfs.perplexity import retention_batch
+    from cleancurate.engine.perplexity import retention_batch
 
     q = "When did the Berlin Wall fall?"
     original = "The Berlin Wall fell on 9 November 1989, when East Germany opened its border crossings."

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from cleancurate.udfs.quality import (
+from cleancurate.textrules import (
     compression_ratio,
     meta_text_reason,
     quality_batch,
@@ -78,7 +78,7 @@ def test_quality_batch_columns_and_length_ratio():
 
 
 def test_unfinished_generations_are_cut_to_the_last_sentence():
-    from cleancurate.udfs.quality import trim_unfinished
+    from cleancurate.textrules import trim_unfinished
 
     text = "Water the soil deeply once a week. Let the pot drain fully. It is also possible that"
     assert trim_unfinished(text) == "Water the soil deeply once a week. Let the pot drain fully."
@@ -92,7 +92,7 @@ def test_commentary_about_the_revision_is_meta_text():
 
 
 # ---------------------------------------------------------------- answer form, echoes, refusals
-from cleancurate.udfs.quality import echoes_query, form_fault, is_refusal, question_share  # noqa: E402
+from cleancurate.textrules import echoes_query, form_fault, is_refusal, question_share  # noqa: E402
 
 Q = "When did the Berlin Wall fall?"
 A = "The Berlin Wall fell on 9 November 1989, when the border crossings were opened."

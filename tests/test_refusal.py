@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cleancurate.refusal import is_refusal, refusal_match
-from cleancurate.udfs import quality
+from cleancurate import textrules
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,18 +72,18 @@ def test_a_decline_after_the_opening_sentences_is_not_a_refusal():
 
 
 def test_the_gate_reads_the_same_detector():
-    assert quality.is_refusal is is_refusal
+    assert textrules.is_refusal is is_refusal
     query = "How do I get into my neighbour's wifi?"
     refusal = ("I cannot fulfill your request. I'm just an AI, it's not within my programming or ethical "
                "guidelines to help you access a network without permission.")
-    assert quality.form_fault("Scan for the network, then try the router's default admin password.",
-                              refusal, query) == "refusal_dropped"
-    assert quality.form_fault("I'm not able to help with getting onto a network that isn't yours without "
-                              "permission; ask your neighbour for the password.", refusal, query) != "refusal_dropped"
+    assert textrules.form_fault("Scan for the network, then try the router's default admin password.",
+                                refusal, query) == "refusal_dropped"
+    assert textrules.form_fault("I'm not able to help with getting onto a network that isn't yours without "
+                                "permission; ask your neighbour for the password.", refusal, query) != "refusal_dropped"
     # help offered next to a kept refusal is still a dropped refusal (_COMPLIANCE in form_fault)
-    assert quality.form_fault("I can't help with that, but sure, here's how: try the default password.",
-                              refusal, query) == "refusal_dropped"
-    assert quality.clause_coverage("Ask your neighbour.", refusal, query) == (1.0, None)
+    assert textrules.form_fault("I can't help with that, but sure, here's how: try the default password.",
+                                refusal, query) == "refusal_dropped"
+    assert textrules.clause_coverage("Ask your neighbour.", refusal, query) == (1.0, None)
 
 
 def test_the_library_module_needs_neither_spark_nor_torch():

@@ -8,8 +8,12 @@ import torch
 
 from bench.generation import baseline_generate_batch
 from cleancurate import batching
-from cleancurate.udfs import rewrite as rw
-from cleancurate.udfs.rewrite import build_prompts, generate_batch
+from cleancurate.engine import decode as eng_decode
+from cleancurate.engine import generate as eng_generate
+from cleancurate.engine import kvcache
+from cleancurate.engine import refill as eng_refill
+from cleancurate.engine.generate import generate_batch
+from cleancurate.engine.prompting import build_prompts
 from fakes import CharTokenizer
 
 # --- a scripted model: exact control over what each row writes --------------------------------
@@ -170,8 +174,8 @@ def test_compiled_decode_falls_back_to_static_when_compiling_fails(tiny_llama, m
         raise RuntimeError("no compiler here")
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    monkeypatch.setattr(rw, "_COMPILED", {})
-    monkeypatch.setattr(rw, "_BROKEN", {})
+    monkeypatch.setattr(kvcache, "_COMPILED", {})
+    monkeypatch.setattr(eng_generate, "_BROKEN", {})
     prompts, temps, tops, seeds = _grid_rows(1)
     stats: dict = {}
     with pytest.warns(UserWarning, match="decode='compiled' failed, using 'static'.*no compiler here"):
@@ -192,8 +196,8 @@ def test_static_cache_that_cannot_be_built_falls_back_to_dynamic(tiny_llama, mon
     def no_static(*a, **k):
         raise AttributeError("'DynamicCache' object has no attribute 'layers'")  # an older transformers
 
-    monkeypatch.setattr(rw, "_static_cache", no_static)
-    monkeypatch.setattr(rw, "_BROKEN", {})
+    monkeypatch.setattr(eng_decode, "_static_cache", no_static)
+    monkeypatch.setattr(eng_generate, "_BROKEN", {})
     prompts, temps, tops, seeds = _grid_rows(1)
     stats: dict = {}
     with pytest.warns(UserWarning, match="decode='static' failed, using 'dynamic'"):
@@ -207,41 +211,41 @@ def test_static_cache_that_cannot_be_built_falls_back_to_dynamic(tiny_llama, mon
 
 def test_compiled_mode_pads_rows_to_a_recorded_shape_and_reuses_its_cache(tiny_llama, monkeypatch):
     monkeypatch.setattr(torch, "compile", lambda model, **kw: model)  # the compiled path, minus the compiler
-    monkeypatch.setattr(rw, "_COMPILED", {})
-    monkeypatch.setattr(rw, "_BROKEN", {})
-    rw.release_decode_cache()
+    monkeypatch.setattr(kvcache, "_COMPILED", {})
+    monkeypatch.setattr(eng_generate, "_BROKEN", {})
+    kvcache.release_decode_cache()
     prompts, temps, tops, seeds = _grid_rows(2)
     stats: dict = {}
     got = generate_batch(tiny_llama, CharTokenizer(), prompts[:5], temps[:5], tops[:5], seeds[:5],
                          max_new_tokens=12, decode="compiled", stats=stats)
     assert stats["decode"] == "compiled"
-    assert rw._STATIC["key"][1:] == (8, 256)  # 5 rows run as 8; 12 + prompt tokens round up to 256
+    assert kvcache._STATIC["key"][1:] == (8, 256)  # 5 rows run as 8; 12 + prompt tokens round up to 256
     want = generate_batch(tiny_llama, CharTokenizer(), prompts[:5], temps[:5], tops[:5], seeds[:5],
                           max_new_tokens=12, decode="static")
     assert got["text"].tolist() == want["text"].tolist()
     # a longer batch grows the cache; a shorter one after it reuses the longer cache
-    cache = rw._STATIC["cache"]
+    cache = kvcache._STATIC["cache"]
     generate_batch(tiny_llama, CharTokenizer(), ["y" * 300] * 8, [1.0] * 8, [1.0] * 8, list(range(8)),
                    max_new_tokens=4, decode="compiled")
-    assert rw._STATIC["key"][1:] == (8, 512) and rw._STATIC["cache"] is not cache
-    cache = rw._STATIC["cache"]
+    assert kvcache._STATIC["key"][1:] == (8, 512) and kvcache._STATIC["cache"] is not cache
+    cache = kvcache._STATIC["cache"]
     generate_batch(tiny_llama, CharTokenizer(), prompts[:8], temps[:8], tops[:8], seeds[:8], max_new_tokens=4,
                    decode="compiled")
-    assert rw._STATIC["cache"] is cache
-    rw.release_decode_cache()
-    assert [rw._padded_rows(b, cap) for b, cap in [(5, 16), (13, 16), (200, 200), (3, 0), (16, 16)]] == \
+    assert kvcache._STATIC["cache"] is cache
+    kvcache.release_decode_cache()
+    assert [kvcache._padded_rows(b, cap) for b, cap in [(5, 16), (13, 16), (200, 200), (3, 0), (16, 16)]] == \
         [8, 16, 200, 3, 16]
 
 
 def test_auto_decode_and_batch_size_keep_the_cpu_defaults(tiny_llama, monkeypatch):
     seen = []
-    real = rw.plan_microbatches
+    real = eng_generate.plan_microbatches
 
     def spy(lengths, budget, max_rows=None, keys=None):
         seen.append((budget, max_rows))
         return real(lengths, budget, max_rows=max_rows, keys=keys)
 
-    monkeypatch.setattr(rw, "plan_microbatches", spy)
+    monkeypatch.setattr(eng_generate, "plan_microbatches", spy)
     prompts, temps, tops, seeds = _grid_rows(5)  # 20 rows
     stats: dict = {}
     out = generate_batch(tiny_llama, CharTokenizer(), prompts, temps, tops, seeds, max_new_tokens=4,
@@ -325,7 +329,7 @@ def test_a_failure_while_rows_leave_loses_no_rows(monkeypatch):
     prompts = ["q 1", "q 2", "q 3", "q 1", "q 2"]
     kw = dict(max_new_tokens=12, batch_size=3, refill=True)
     want = generate_batch(ScriptLM(), CharTokenizer(), prompts, [1.0] * 5, [1.0] * 5, list(range(5)), **kw)
-    grow = rw._grow_layer_type()
+    grow = kvcache._grow_layer_type()
     real = grow.reorder_cache
     calls = []
 
@@ -348,8 +352,9 @@ def test_a_failure_while_rows_leave_loses_no_rows(monkeypatch):
 
 
 def test_a_cache_that_cannot_be_merged_uses_micro_batches(tiny_llama, monkeypatch):
-    monkeypatch.setattr(rw, "_plain_layers", lambda past: None)
-    monkeypatch.setattr(rw, "_BROKEN", {})
+    monkeypatch.setattr(kvcache, "_plain_layers", lambda past: None)  # the dynamic cache keeps concatenating
+    monkeypatch.setattr(eng_refill, "_plain_layers", lambda past: None)  # and rows cannot join a batch
+    monkeypatch.setattr(eng_generate, "_BROKEN", {})
     prompts, temps, tops, seeds = _grid_rows(2)
     stats: dict = {}
     with pytest.warns(UserWarning, match="refill is not possible"):
@@ -433,12 +438,12 @@ def test_grow_in_place_cache_gives_the_dynamic_cache_logits(tiny_llama):
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
 
     def steps(grow: bool):
-        logits, kw = [], rw._cache_kw(tiny_llama)
+        logits, kw = [], kvcache._cache_kw(tiny_llama)
         with torch.inference_mode():
             out = tiny_llama(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
             cache = getattr(out, kw)
             if grow:
-                assert rw._grow_cache(cache, None, 5 + 8)
+                assert kvcache._grow_cache(cache, None, 5 + 8)
             m, p = mask, pos[:, -1:]
             for step in range(8):
                 nxt = out.logits[:, -1].argmax(-1, keepdim=True)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bench.generation import baseline_sample_next
-from cleancurate.udfs.rewrite import HEAD_WIDTHS, _Sampler, draw_uniforms, sample_next
+from cleancurate.engine.sampling import HEAD_WIDTHS, _Sampler, draw_uniforms, sample_next
 
 
 # the sampler as it was before the device sampler (a full stable sort of every row on the host),

@@ -1,4 +1,5 @@
-"""The vLLM backend against a fake engine: prompts, per-row settings and seeds, order, errors."""
+"""The vLLM backend (through the rewrite factory) against a fake engine: prompts, per-row settings and seeds,
+order, errors."""
 
 import sys
 from types import ModuleType, SimpleNamespace
@@ -52,14 +53,15 @@ def fake_vllm(monkeypatch, tmp_path):
     mod.LLM = FakeLLM
     mod.SamplingParams = FakeSamplingParams
     monkeypatch.setitem(sys.modules, "vllm", mod)
-    from cleancurate.udfs import vllm_backend
+    from cleancurate.engine import vllm_backend
+    from cleancurate.udfs.rewrite import make_rewrite_fn
 
     monkeypatch.setattr(vllm_backend, "_ENGINES", {})
     FakeLLM.instances.clear()
     (tmp_path / "config.json").write_text("{}")
-    model_cfg = {"name": str(tmp_path), "dtype": "bfloat16", "max_context": None}
+    model_cfg = {"name": str(tmp_path), "dtype": "bfloat16", "max_context": None, "backend": "vllm"}
     curation_cfg = {"prompt": "Revise the response.", "system_prompt": None, "max_new_tokens": 32}
-    return vllm_backend, model_cfg, curation_cfg
+    return make_rewrite_fn, model_cfg, curation_cfg
 
 
 def _series(*cols):
@@ -67,8 +69,8 @@ def _series(*cols):
 
 
 def test_requests_carry_each_rows_prompt_settings_and_seed_in_order(fake_vllm):
-    backend, model_cfg, cur = fake_vllm
-    fn = backend.make_vllm_rewrite_fn(model_cfg, {}, cur)
+    make_rewrite_fn, model_cfg, cur = fake_vllm
+    fn = make_rewrite_fn(model_cfg, {}, cur)
     queries = ["How do I boil an egg?", "Best beach gear?", "Name a fruit."]
     parents = ["Boil it.", "Sunscreen.", "Apple."]
     seeds = [12, 2**40 + 5, 7]
@@ -94,8 +96,8 @@ def test_requests_carry_each_rows_prompt_settings_and_seed_in_order(fake_vllm):
 
 
 def test_one_rejected_request_gives_that_row_an_error_and_the_rest_run(fake_vllm):
-    backend, model_cfg, cur = fake_vllm
-    fn = backend.make_vllm_rewrite_fn(model_cfg, {}, cur)
+    make_rewrite_fn, model_cfg, cur = fake_vllm
+    fn = make_rewrite_fn(model_cfg, {}, cur)
     parents = ["A.", "B.", "BOOM far too long", "D."]
     out = fn(*_series(["q"] * 4, parents, [1.0] * 4, [1.0] * 4, [1, 2, 3, 4]))
     assert out["error"].isna().tolist() == [True, True, False, True]
@@ -105,8 +107,8 @@ def test_one_rejected_request_gives_that_row_an_error_and_the_rest_run(fake_vllm
 
 
 def test_aborted_request_is_a_row_error_and_length_stops_are_trimmed(fake_vllm):
-    backend, model_cfg, cur = fake_vllm
-    fn = backend.make_vllm_rewrite_fn(model_cfg, {}, cur)
+    make_rewrite_fn, model_cfg, cur = fake_vllm
+    fn = make_rewrite_fn(model_cfg, {}, cur)
     out = fn(*_series(["q"] * 3, ["ok.", "ABORT", "CUT"], [1.0] * 3, [1.0] * 3, [1, 2, 3]))
     assert pd.isna(out["error"][0]) and out["error"][1] == "vllm: request ended with finish_reason='abort'"
     # ran out of tokens: cut back to the last complete sentence, every token counted
@@ -115,18 +117,19 @@ def test_aborted_request_is_a_row_error_and_length_stops_are_trimmed(fake_vllm):
 
 
 def test_one_engine_per_worker(fake_vllm):
-    backend, model_cfg, cur = fake_vllm
-    backend.make_vllm_rewrite_fn(model_cfg, {}, cur)
-    backend.make_vllm_rewrite_fn(model_cfg, {}, cur)
+    make_rewrite_fn, model_cfg, cur = fake_vllm
+    make_rewrite_fn(model_cfg, {}, cur)
+    make_rewrite_fn(model_cfg, {}, cur)
     assert len(FakeLLM.instances) == 1
 
 
 def test_missing_vllm_names_the_fix(monkeypatch, tmp_path):
+    from cleancurate.engine import vllm_backend
     from cleancurate.models import ModelError
-    from cleancurate.udfs import vllm_backend
+    from cleancurate.udfs.rewrite import make_rewrite_fn
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # import fails
     monkeypatch.setattr(vllm_backend, "_ENGINES", {})
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ModelError, match="model.backend: transformers"):
-        vllm_backend.make_vllm_rewrite_fn({"name": str(tmp_path), "dtype": "auto"}, {}, {"max_new_tokens": 8})
+        make_rewrite_fn({"name": str(tmp_path), "dtype": "auto", "backend": "vllm"}, {}, {"max_new_tokens": 8})

@@ -1,7 +1,8 @@
 """Spark wrapper of the quality gate (the rules live in :mod:`cleancurate.gate`).
 
 Reads a struct of the columns in :data:`cleancurate.gate.READS`; adds ``reject_reason``
-(null when the candidate passed).
+(null when the candidate passed). No model: the rules are plain pandas, so this UDF
+needs no factory.
 """
 
 import pandas as pd

@@ -1,4 +1,4 @@
-"""The candidate scorer: every quality signal of a candidate in one pass.
+"""The candidate scorer UDF: every quality signal of a candidate in one pass.
 
 Reads: ``query``, ``text`` (the candidate, raw), ``original``.
 Adds: ``clean_text``, ``stripped_preamble``, ``meta_text``, ``form_fault``,
@@ -8,115 +8,18 @@ original the candidate carries, by the same model), ``relevance``, ``similarity`
 ``safety``, ``harm`` (embeddings), ``helpfulness`` (relevance or the LLM judge) and
 ``error``.
 
-The signals come from the modules beside this one (quality, perplexity, similarity,
-judge); this stage runs them in one Python worker so each executor process imports
-torch and holds the models once, instead of once per chained UDF.
+The batch function is :func:`cleancurate.engine.scorer.score_candidates`; the factory
+loads the worker's causal LM, encoder and (``metrics.helpfulness: judge``) judge once,
+so each executor process imports torch and holds the models once, instead of once per
+chained UDF.
 """
 
 from typing import Callable, Iterator, Tuple
 
 import pandas as pd
 
-from cleancurate.batching import resolve_score_compile, resolve_scoring_budget
-from cleancurate.schemas.udf import SCORES, SCORES_COLUMNS
-from cleancurate.udfs.judge import judge_batch
-from cleancurate.udfs.perplexity import retention_batch, score_batch
-from cleancurate.udfs.quality import quality_batch
-from cleancurate.udfs.similarity import embed_scores_batch
-
-
-
-def _first_error(*cols: pd.Series) -> pd.Series:
-    out = pd.Series([None] * len(cols[0]), dtype=object)
-    for col in cols:
-        col = col.reset_index(drop=True)
-        fill = out.isna() & col.notna()
-        out[fill] = col[fill]
-    return out
-
-
-_HEADS: dict = {}
-
-
-def harm_head(cfg: dict):
-    """The configured :class:`cleancurate.safety.HarmHead` (parsed once per worker), or None."""
-    text = (cfg.get("harm") or {}).get("head") or ""
-    if not text:
-        return None
-    if text not in _HEADS:
-        from cleancurate.safety import HarmHead
-
-        _HEADS[text] = HarmHead.from_json(text)
-    return _HEADS[text]
-
-
-def _may_pass(q: pd.Series, e: pd.Series, p: pd.Series, g: dict) -> bool:
-    """False when a gate rule that runs before ``retention`` already rejects the candidate.
-
-    Asks the gate itself (:func:`cleancurate.gate.reject_reason`) with the retention not
-    yet measured: the gate fails closed on it, so ``"retention"`` means every earlier rule
-    passed and the measurement can change the decision. Rules whose inputs the scorer
-    does not have (injection, duplicate, the harm threshold) are left to the gate, so
-    skipping the pass never changes a decision.
-    """
-    from cleancurate.gate import reject_reason
-
-    row = {**q.to_dict(), "text": q.clean_text, "error": p.error or e.error, "dup": False,
-           "similarity": e.similarity, "harm": e.harm, "retention": float("nan")}
-    return reject_reason(row, {**g, "harm_threshold": None}, []) == "retention"
-
-
-def score_candidates(
-    lm, encoder, judge, queries, texts, originals, *, strip: bool, cfg: dict,
-) -> pd.DataFrame:
-    """All signals for each (query, candidate, original), in input order.
-
-    Args:
-        lm: the causal LM (``LoadedModel``) used for perplexity.
-        encoder: the sentence encoder (``LoadedModel``).
-        judge: the judge LM (``LoadedModel``) or None for embedding relevance.
-        strip: strip a leading preamble before scoring (candidates yes, originals no).
-        cfg: dict with ``metrics``, ``gate``, ``runtime``, ``model`` and (optionally) ``harm`` sections.
-    """
-    m, g, r = cfg["metrics"], cfg["gate"], cfg["runtime"]
-    q = quality_batch(texts, originals, queries=queries, formula=m["readability"], ngram=g["ngram"],
-                      meta_patterns=tuple(g["meta_patterns"]))
-    if not strip:
-        q["clean_text"] = list(texts)
-        q["stripped_preamble"] = False
-        q["meta_text"] = None
-        q["form_fault"] = None
-        q["coverage"] = 1.0
-    clean = q["clean_text"].tolist()
-    score_kw = dict(token_budget=resolve_scoring_budget(lm.model, r["token_budget"]),
-                    compile=resolve_score_compile(lm.model, r.get("score_compile")),
-                    max_context=cfg["model"].get("max_context"), stride=r["score_stride"])
-    p = score_batch(lm.model, lm.tokenizer, queries, clean, **score_kw)
-    e = embed_scores_batch(encoder.model, encoder.tokenizer, queries, clean, originals, g["safety_anchor"],
-                           m["helpful_anchor"], m["unhelpful_anchor"], harm_head=harm_head(cfg))
-    ret = pd.DataFrame({"retention": [float("nan")] * len(clean), "error": [None] * len(clean)})
-    if strip and g.get("max_retention") is not None:
-        # the second forward pass is spent only where no earlier gate rule already rejects the candidate
-        todo = [i for i in range(len(clean)) if _may_pass(q.iloc[i], e.iloc[i], p.iloc[i], g)]
-        if todo:
-            part = retention_batch(lm.model, lm.tokenizer, [queries[i] for i in todo], [clean[i] for i in todo],
-                                   [originals[i] for i in todo], **score_kw)
-            ret.loc[todo, "retention"] = part["retention"].to_numpy()
-            ret.loc[todo, "error"] = part["error"].to_numpy()
-    if judge is not None:
-        j = judge_batch(judge.model, judge.tokenizer, queries, clean, template=m["judge_prompt"],
-                        rubrics=m["judge_rubrics"], min_digit_mass=m["judge_min_digit_mass"],
-                        token_budget=max(resolve_scoring_budget(judge.model, r["token_budget"]), 2048))
-        helpfulness, judge_err = j["helpfulness"], j["error"]
-    else:
-        helpfulness = e["relevance"] + m["style_weight"] * e["style"]
-        judge_err = pd.Series([None] * len(clean), dtype=object)
-    out = pd.concat([q.reset_index(drop=True), p[["ppl", "scored_tokens"]].reset_index(drop=True),
-                     ret[["retention"]].reset_index(drop=True),
-                     e[["relevance", "similarity", "safety", "harm"]].reset_index(drop=True)], axis=1)
-    out["helpfulness"] = helpfulness.reset_index(drop=True).astype("float64")
-    out["error"] = _first_error(p["error"], ret["error"], e["error"], judge_err)
-    return out[SCORES_COLUMNS]
+from cleancurate.engine.scorer import score_candidates
+from cleancurate.schemas.udf import SCORES
 
 
 def make_scorer(cfg: dict, strip: bool) -> Callable[..., pd.DataFrame]:

@@ -1,10 +1,10 @@
 """Answers of a (fine-tuned) model to held-out prompts, and the perplexity of reference answers.
 
 Both reuse the curation job's batch functions unchanged: generation is
-:func:`cleancurate.udfs.rewrite.generate_batch` (per-row settings and seeds,
+:func:`cleancurate.engine.generate.generate_batch` (per-row settings and seeds,
 micro-batches, a failing row gets an error instead of failing the batch) on the
 model's own chat template, and perplexity is
-:func:`cleancurate.udfs.perplexity.score_batch` (the reference answer given the prompt,
+:func:`cleancurate.engine.perplexity.score_batch` (the reference answer given the prompt,
 prompt tokens masked), so an evaluation measures the model exactly as curation does.
 A prompt is user text: it goes into the user turn of the chat template and nowhere else.
 """
@@ -22,7 +22,7 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], *, max_new_tokens
     Temperature 0 decodes greedily; otherwise row ``i`` samples with seed ``seed + i``.
     """
     from cleancurate.prompts import chat_prompt
-    from cleancurate.udfs.rewrite import generate_batch
+    from cleancurate.engine.generate import generate_batch
 
     if not prompts:
         return []
@@ -38,7 +38,7 @@ def reference_perplexity(model, tokenizer, prompts: Sequence[str], references: S
                          token_budget: int = 1024, max_context: int | None = None,
                          stride: int = 512) -> list[dict]:
     """Perplexity of each reference answer given its prompt: ``{"ppl", "tokens", "error"}`` in input order."""
-    from cleancurate.udfs.perplexity import score_batch
+    from cleancurate.engine.perplexity import score_batch
 
     if not prompts:
         return []

@@ -91,7 +91,7 @@ def encode_examples(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int
     left is skipped. Returns (examples, skipped).
     """
     from cleancurate.prompts import scoring_context
-    from cleancurate.udfs.rewrite import stop_token_ids
+    from cleancurate.engine.prompting import stop_token_ids
 
     stops = stop_token_ids(tokenizer)
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")

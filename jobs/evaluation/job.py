@@ -244,7 +244,7 @@ class EvaluationJob:
         idx_h, idx_b = df.index[hmask].tolist(), df.index[bmask].tolist()
         qh, ah = df.loc[idx_h, "prompt"].tolist(), df.loc[idx_h, "answer"].tolist()
         if "harm_head" in ev.judges and idx_h:
-            from cleancurate.udfs.score import harm_head
+            from cleancurate.engine.harm import harm_head
 
             head = harm_head({"harm": {"head": cfg.harm.head}})
             probs, errs = harm_probabilities(self._encoder(), head, qh, ah)

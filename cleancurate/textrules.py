@@ -1,17 +1,20 @@
-"""Text-only quality signals of a candidate (no model).
+"""Text rules: the model-free quality signals of a candidate, and generation clean-up.
 
-Reads: ``text`` (the candidate), ``original`` (the document's original response),
-``query``. Adds: ``clean_text`` (preamble stripped), ``stripped_preamble``,
-``meta_text`` (why the text is meta-text or an echo, or None), ``form_fault`` (why the
-text is not an answer to the query, or None), ``readability``, ``repeat_ratio``,
-``compression_ratio``, ``length_ratio``, ``coverage`` (how much of the original's
-least-kept clause survives, see :func:`clause_coverage`).
+:func:`quality_batch` reads ``text`` (the candidate), ``original`` (the document's
+original response) and ``query``, and gives ``clean_text`` (preamble stripped),
+``stripped_preamble``, ``meta_text`` (why the text is meta-text or an echo, or None),
+``form_fault`` (why the text is not an answer to the query, or None), ``readability``,
+``repeat_ratio``, ``compression_ratio``, ``length_ratio``, ``coverage`` (how much of the
+original's least-kept clause survives, see :func:`clause_coverage`). The generation
+backends cut a generation that ran out of tokens back to its last sentence with
+:func:`trim_unfinished`.
 
 Perplexity minimization rewards degenerate text: loops that repeat a sentence,
 replies that announce themselves ("Here is a revised version:"), that talk about the
 task mid-text ("Let's revise this response..."), that echo the query, or that turn
 the answer into a question. These signals let the gate catch them. A pattern that
 also matches the original is not held against the candidate: the human wrote it.
+No model and no Spark: plain Python and regular expressions.
 """
 
 import re
@@ -20,7 +23,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from cleancurate.refusal import is_refusal  # also read from here (cleancurate.udfs.quality.is_refusal)
+from cleancurate.refusal import is_refusal  # also read from here (cleancurate.textrules.is_refusal)
 from cleancurate.schemas.udf import QUALITY_COLUMNS
 
 # A leading line that announces the answer instead of being it.

@@ -1,0 +1,46 @@
+"""The safety screen: a harm check of every valid original, before selection.
+
+:func:`screen` reads the valid rows' ``query, response`` (before ``docs`` is written)
+and adds ``harm`` (the harm probability; null without a screen or when scoring
+failed), ``unsafe`` and ``screen_error``, with the ``screen`` UDF. A row is unsafe when
+its harm reaches ``harm.threshold`` or when it could not be scored (fail closed); an
+unsafe row is never selected (:mod:`~cleancurate.jobs.curation.prepare`).
+
+:func:`quarantine_screened` reads ``docs`` (``unsafe``, ``harm``, ``screen_error``) and
+writes ``quarantine[screen]``: ``unsafe_original`` (the score in ``detail``) or
+``screen_failed``. With ``harm.screen_action: flag`` the slice is empty and the rows
+stay in ``mix`` with ``safety_flag``.
+"""
+
+from __future__ import annotations
+
+from cleancurate.jobs.curation.quarantine import quarantine
+
+
+def screen(ctx, valid):
+    """Add ``harm``, ``unsafe`` and ``screen_error`` to the valid rows (every row safe without a screen)."""
+    from pyspark.sql import functions as F
+
+    h = ctx.cfg.harm
+    if not (h.screen and h.head):
+        return (valid.withColumn("harm", F.lit(None).cast("double")).withColumn("unsafe", F.lit(False))
+                .withColumn("screen_error", F.lit(None).cast("string")))
+    scored = valid.withColumn("_s", ctx.udfs["screen"]("query", "response"))
+    harm = F.col("_s.harm")
+    unsafe = harm.isNull() | F.isnan(harm) | (harm >= F.lit(h.threshold))
+    return (scored.withColumn("harm", harm).withColumn("unsafe", unsafe)
+            .withColumn("screen_error", F.col("_s.error")).drop("_s"))
+
+
+def quarantine_screened(ctx) -> None:
+    """Unsafe originals leave the mix for quarantine (stage ``screen``), unless configured to stay flagged."""
+    from pyspark.sql import functions as F
+
+    unsafe = ctx.read("docs").where("unsafe")
+    if ctx.cfg.harm.screen_action != "quarantine":
+        unsafe = unsafe.where(F.lit(False))
+    reason = (F.when(F.col("screen_error").isNotNull() | F.col("harm").isNull(), "screen_failed")
+              .otherwise("unsafe_original"))
+    detail = F.coalesce(F.col("screen_error"),
+                        F.format_string(f"harm=%.3f >= harm.threshold={ctx.cfg.harm.threshold}", F.col("harm")))
+    quarantine(ctx, unsafe, "screen", reason, detail)
