@@ -1,7 +1,7 @@
 """How well the gate keeps what a reader accepts: precision and recall on the labeled gate set.
 
 Re-scores every labeled candidate of ``data/gate_set/labeled.jsonl`` with the job's own
-scorer (:func:`cleancurate.udfs.score.score_candidates`: the embedded model's
+scorer (:func:`cleancurate.engine.scorer.score_candidates`: the embedded model's
 perplexity and retention, the encoder's similarity, helpfulness and harm) against its
 document's original, applies each profile's gate (:func:`cleancurate.gate.apply_gate`)
 and prints one JSON object:
@@ -11,8 +11,8 @@ and prints one JSON object:
   passed), how many of each fault got through, and rejections per rule; once for the
   gate alone (every candidate, whatever its original) and once as the job runs it
   (``with_screen``: candidates of originals the safety screen flags are never made);
-- the harm check on candidates and on originals: precision and recall of
-  ``harm >= harm.threshold`` against the ``harmful`` labels.
+- the harm check on candidates (``harm >= harm.gate_threshold``, the gate's rule) and
+  on originals (``harm >= harm.threshold``, the screen) against the ``harmful`` labels.
 
 The harm head was trained on these labels, so by default every text is scored by a
 head refitted without its own document (``--harm out_of_fold``, 5 folds grouped by
@@ -53,7 +53,7 @@ def read_labeled(path: Path = LABELED) -> list[dict]:
 def score_rows(rows: list[dict], cfg: dict) -> tuple[list[dict], list[dict]]:
     """Scores of every candidate and of each distinct (query, original), as the job computes them."""
     from cleancurate.models import get_model
-    from cleancurate.udfs.score import score_candidates
+    from cleancurate.engine.scorer import score_candidates
 
     mc = cfg["model"]
     lm = get_model(mc["name"], "causal-lm", "cpu", mc["dtype"], False)
@@ -146,10 +146,11 @@ def main(argv: list[str] | None = None) -> None:
         result["profiles"][name] = {"objective": cfg.curation.objective, "gate_alone": evaluate(rows, decisions),
                                     "with_screen": evaluate(rows, job)}
 
-    threshold = profiles[next(iter(profiles))].harm.threshold
+    harm_cfg = profiles[next(iter(profiles))].harm
+    threshold, gate_threshold = harm_cfg.threshold, harm_cfg.gate_threshold
     result["harm_check"] = {
-        "threshold": threshold,
-        "candidates": precision_recall([s["harm"] >= threshold for s in cand_scores],
+        "threshold": threshold, "gate_threshold": gate_threshold,
+        "candidates": precision_recall([s["harm"] >= gate_threshold for s in cand_scores],
                                        [r["label"] == "harmful" for r in rows]),
         "originals": precision_recall(
             [s["harm"] >= threshold for s in ref_scores],

@@ -47,6 +47,7 @@ PREVIOUS_HEAD = ROOT / "bench" / "results" / "harm_head_previous.json"
 FOLDS = 5
 L2_GRID = (3e-3, 1e-2, 3e-2)
 PAIR_WEIGHT_GRID = (0.5, 1.0, 2.0)
+GATE_RECALL = 0.85  # the gate's threshold: the highest that still catches this share of harmful XSTest answers
 THRESHOLDS = tuple(round(0.05 + 0.01 * i, 2) for i in range(91))
 BOOTSTRAP = 1000
 
@@ -82,7 +83,7 @@ def encode(rows: list[dict], cfg: dict, spec: str | None = None):
     """Features of each row's (query, text) with the job's encoder (``spec``: the head's parts)."""
     from cleancurate.models import get_model
     from cleancurate.safety import FEATURES, features
-    from cleancurate.udfs.similarity import embed
+    from cleancurate.engine.embedding import embed
 
     enc = get_model(cfg["metrics"]["embedder"], "encoder", "cpu", "auto", False)
     q = embed(enc.model, enc.tokenizer, [r["query"] for r in rows])
@@ -226,6 +227,19 @@ def choose_threshold(s: Scores, data: TrainingData, xs_rows: list[int], pair_row
     return best
 
 
+def choose_gate_threshold(s: Scores, data: TrainingData, xs_rows: list[int]) -> float:
+    """The highest threshold at which at least ``GATE_RECALL`` of the harmful XSTest answers are flagged.
+
+    The gate can afford a lower threshold than the screen: a false alarm there costs one
+    rejected revision (the original is kept), not a good row taken out of the mix.
+    """
+    harmful = [i for i in xs_rows if data.y[i]]
+    for t in reversed(THRESHOLDS):
+        if sum(s.point[i] >= t for i in harmful) >= GATE_RECALL * len(harmful):
+            return t
+    return THRESHOLDS[0]
+
+
 class Selector:
     """Nested model selection with every fitted head cached by the folds it was trained on."""
 
@@ -260,6 +274,7 @@ class Selector:
                     best = (crit, l2, pw, s)
         crit, l2, pw, s = best
         return {"l2": l2, "pair_weight": pw, "threshold": choose_threshold(s, d, xs, pr, self.max_flag),
+                "gate_threshold": choose_gate_threshold(s, d, xs),
                 "inner_criterion": round(crit, 4)}
 
 
@@ -294,6 +309,7 @@ def figures(s: Scores, data: TrainingData, threshold: dict[int, float]) -> dict:
     xs = [i for i, k in enumerate(data.kinds) if k == "xstest"]
     xs34 = [i for i in xs if fold_of(data.groups[i]) in (3, 4)]
     proj = [i for i, k in enumerate(data.kinds) if k == "original"]
+    cands = [i for i, k in enumerate(data.kinds) if k == "candidate"]
     pairs = list(range(len(data.pair_groups)))
     thr = [threshold[fold_of(g)] for g in data.groups]
     pair_thr = [threshold[fold_of(g)] for g in data.pair_groups]
@@ -320,6 +336,9 @@ def figures(s: Scores, data: TrainingData, threshold: dict[int, float]) -> dict:
                     "flag_rate_less_harmful": rate(sum(s.less[i] >= pair_thr[i] for i in pairs), len(pairs)),
                     "flag_rate_more_harmful": rate(sum(s.more[i] >= pair_thr[i] for i in pairs), len(pairs))},
         "project_originals": {"n": len(proj), "harmful": sum(data.y[i] for i in proj), **pr(proj)},
+        "project_candidates": {"n": len(cands), "harmful": sum(data.y[i] for i in cands), **pr(cands),
+                               "others_flagged": rate(sum(s.point[i] >= thr[i] for i in cands if not data.y[i]),
+                                                      sum(1 for i in cands if not data.y[i]))},
     }
 
 
@@ -391,6 +410,7 @@ def main(argv: list[str] | None = None) -> None:
         chosen[k] = sel.select(every - {k})
         oof = score(sel.head(every - {k}, chosen[k]["l2"], chosen[k]["pair_weight"]), data, {k}, oof)
     nested = figures(oof, data, {k: c["threshold"] for k, c in chosen.items()})
+    gate_nested = figures(oof, data, {k: c["gate_threshold"] for k, c in chosen.items()})
 
     # the shipped head: the same selection over all folds, then one fit on everything
     final = sel.select(every)
@@ -410,6 +430,7 @@ def main(argv: list[str] | None = None) -> None:
                    "max_flag_less_harmful": args.max_flag},
         "out_of_fold_nested": {"per_fold_choice": {str(k): c for k, c in chosen.items()}, **nested},
         "out_of_fold_at_shipped_threshold": {"threshold": final["threshold"], **at_shipped},
+        "gate_out_of_fold_nested": gate_nested,
         "previous_head": {"threshold": prev.threshold, "features": prev.features, **previous},
         "shipped": final,
         "timings": {"encode_s": round(t_encode, 1), "total_s": round(time.time() - t0, 1)},
@@ -418,7 +439,7 @@ def main(argv: list[str] | None = None) -> None:
         dump_scores(args.dump, data, oof, {k: c["threshold"] for k, c in chosen.items()})
     if args.write:
         head = fit_on(data, set(every), final["l2"], final["pair_weight"])
-        head.threshold = final["threshold"]
+        head.threshold, head.gate_threshold = final["threshold"], final["gate_threshold"]
         head.meta = {"l2": final["l2"], "pair_weight": final["pair_weight"], "embedder": cfg["metrics"]["embedder"],
                      "trained_on": {**counts, "hh_rlhf_pairs": len(data.pair_groups)},
                      "out_of_fold": {"xstest_auc": nested["xstest"]["auc"],

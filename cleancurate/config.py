@@ -138,7 +138,8 @@ class HarmConfig:
     """The harm check: every valid original before selection (the screen) and every candidate (the gate)."""
 
     head_file: str | None = "safety/harm_head.json"  # logistic head on embeddings; null turns the check off
-    threshold: float | None = None  # score at or above which a text counts as harmful; null: the head's own
+    threshold: float | None = None  # screen: score at or above which an original is harmful; null: the head's own
+    gate_threshold: float | None = None  # gate: the same for a candidate (a lower bar); null: the head's own
     screen: bool = True  # score every valid original; harmful ones are never curated
     screen_action: str = "quarantine"  # quarantine: leave the mix (quarantine stage 'screen') | flag: stay, flagged
     head: str = ""  # filled from head_file at load time
@@ -480,8 +481,10 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"gate.min_coverage must be in [0, 1] or null, got {g.min_coverage}")
     if g.max_retention is not None and g.max_retention <= 0:
         raise ConfigError(f"gate.max_retention must be > 0 or null, got {g.max_retention}")
-    if cfg.harm.threshold is None or not 0.0 <= cfg.harm.threshold <= 1.0:
-        raise ConfigError(f"harm.threshold must be in [0, 1], got {cfg.harm.threshold}")
+    for key in ("threshold", "gate_threshold"):
+        v = getattr(cfg.harm, key)
+        if v is None or not 0.0 <= v <= 1.0:
+            raise ConfigError(f"harm.{key} must be in [0, 1] or null (the head's own), got {v}")
     if cfg.harm.head_file and cfg.harm.head:
         from cleancurate.safety import HarmHead
 
@@ -563,16 +566,17 @@ def read_conf_file(value: str, base_dir: Path | None) -> str:
     raise ConfigError(f"file '{value}' named in the config not found (looked in {', '.join(str(c.parent) for c in candidates)})")
 
 
-def _head_threshold(head_text: str, head_file: str | None) -> float:
-    """The operating threshold a harm head file carries (``harm.threshold: null``); 0.5 without a head."""
+def _head_thresholds(head_text: str, head_file: str | None) -> dict:
+    """The screen's and the gate's thresholds a harm head file carries (for ``null``); 0.5 without a head."""
     from cleancurate.safety import DEFAULT_THRESHOLD, HarmHead
 
     if not head_text:
-        return DEFAULT_THRESHOLD
+        return {"threshold": DEFAULT_THRESHOLD, "gate_threshold": DEFAULT_THRESHOLD}
     try:
-        return HarmHead.from_json(head_text).threshold
+        head = HarmHead.from_json(head_text)
     except (ValueError, KeyError) as exc:
         raise ConfigError(f"harm.head_file {head_file!r} is not a harm head: {exc}") from exc
+    return {"threshold": head.threshold, "gate_threshold": head.gate_threshold}
 
 
 def from_dict(raw: dict[str, Any], base_dir: Path | None = None, resolve_prompts: bool = True) -> Config:
@@ -599,8 +603,9 @@ def from_dict(raw: dict[str, Any], base_dir: Path | None = None, resolve_prompts
                 raise
             ev["judge_prompt"] = ""  # only the LLM judge reads it
     harm = raw.get("harm") or {}
-    if isinstance(harm, dict) and harm.get("threshold") is None:
-        raw["harm"] = {**harm, "threshold": _head_threshold(harm.get("head") or "", harm.get("head_file"))}
+    if isinstance(harm, dict) and (harm.get("threshold") is None or harm.get("gate_threshold") is None):
+        own = _head_thresholds(harm.get("head") or "", harm.get("head_file"))
+        raw["harm"] = {**harm, **{k: v for k, v in own.items() if harm.get(k) is None}}
     cfg = _build(Config, raw, "")
     _validate(cfg)
     return cfg

@@ -15,7 +15,7 @@ Rules, in order (a candidate is checked against each until one fails):
                     answer:" labels, "Let's revise this response ...")
 ``injection``       contains an instruction-override phrase
 ``harmful``         the harm head scores the (query, candidate) at or above
-                    ``harm.threshold``, whatever the original was
+                    ``harm.gate_threshold``, whatever the original was
 ``duplicate``       same text as an earlier candidate of the document, or as
                     its parent / the original
 ``repetition``      repeated word n-gram ratio above the maximum
@@ -27,7 +27,7 @@ Rules, in order (a candidate is checked against each until one fails):
 ``similarity``      drifted off topic: cosine to the original below the minimum
 ``lost_content``    drops a clause of the original: the least-kept clause keeps
                     under ``min_coverage`` of its content words (a list item left
-                    out); see :func:`cleancurate.udfs.quality.clause_coverage`
+                    out); see :func:`cleancurate.textrules.clause_coverage`
 ``retention``       carries too little of the original: ppl(original | query,
                     candidate) / ppl(original | query) above ``max_retention``
 ``readability``     readability below ratio x original (see :func:`relative_floor`)
@@ -63,10 +63,13 @@ READS = (
 def gate_settings(cfg: dict) -> dict:
     """The gate's thresholds from a config dict: the ``gate`` section plus the harm threshold.
 
-    ``harm_threshold`` is None when no harm head is configured (the rule is off).
+    ``harm_threshold`` is the harm check's gate threshold (``harm.gate_threshold``, lower
+    than the screen's: a false alarm here only keeps the original); None when no harm
+    head is configured (the rule is off).
     """
     harm = cfg.get("harm") or {}
-    return {**cfg["gate"], "harm_threshold": harm.get("threshold") if harm.get("head") else None}
+    threshold = harm.get("gate_threshold", harm.get("threshold"))
+    return {**cfg["gate"], "harm_threshold": threshold if harm.get("head") else None}
 
 
 def relative_floor(reference: float, ratio: float) -> float:

@@ -52,19 +52,23 @@ def features(q, t, spec: str = FEATURES):
 class HarmHead:
     """Logistic regression over :func:`features`: a harm score in [0, 1] per (query, response).
 
-    ``threshold`` is the operating point chosen with the head (``harm.threshold: null``
-    uses it); the score is class-balanced, so it ranks well but is not a calibrated
-    probability.
+    ``threshold`` is the screen's operating point chosen with the head
+    (``harm.threshold: null`` uses it) and ``gate_threshold`` the lower one of the gate's
+    ``harmful`` rule (``harm.gate_threshold: null``): a false alarm in the gate costs one
+    rejected revision, in the screen a good row. The score is class-balanced, so it ranks
+    well but is not a calibrated probability.
     """
 
     def __init__(self, weights: Sequence[float], bias: float, meta: dict | None = None,
-                 features: str = FEATURES, threshold: float = DEFAULT_THRESHOLD, refusals_safe: bool = False):
+                 features: str = FEATURES, threshold: float = DEFAULT_THRESHOLD, refusals_safe: bool = False,
+                 gate_threshold: float | None = None):
         self.weights = [float(w) for w in weights]
         self.bias = float(bias)
         self.meta = dict(meta or {})
         self.features = ",".join(_parts(features))
         self.threshold = float(threshold)
         self.refusals_safe = bool(refusals_safe)
+        self.gate_threshold = float(threshold if gate_threshold is None else gate_threshold)
 
     @classmethod
     def from_json(cls, text: str) -> "HarmHead":
@@ -73,13 +77,15 @@ class HarmHead:
         spec = d.get("features")
         if not isinstance(spec, str):
             raise ValueError(f"harm head has no 'features' string (got {spec!r}); retrain it")
-        known = ("weights", "bias", "features", "threshold", "refusals_safe")
+        known = ("weights", "bias", "features", "threshold", "refusals_safe", "gate_threshold")
         return cls(d["weights"], d["bias"], {k: v for k, v in d.items() if k not in known}, features=spec,
-                   threshold=d.get("threshold", DEFAULT_THRESHOLD), refusals_safe=d.get("refusals_safe", False))
+                   threshold=d.get("threshold", DEFAULT_THRESHOLD), refusals_safe=d.get("refusals_safe", False),
+                   gate_threshold=d.get("gate_threshold"))
 
     def to_json(self) -> str:
         return json.dumps({**self.meta, "features": self.features, "threshold": round(self.threshold, 4),
-                           "refusals_safe": self.refusals_safe, "bias": self.bias,
+                           "gate_threshold": round(self.gate_threshold, 4), "refusals_safe": self.refusals_safe,
+                           "bias": self.bias,
                            "weights": [round(w, 6) for w in self.weights]})
 
     def score(self, q, t, texts: Sequence[str]) -> list[float]:

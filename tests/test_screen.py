@@ -71,7 +71,7 @@ def test_head_round_trips_and_fits_separable_data():
 
 @pytest.mark.model
 def test_shipped_head_on_held_out_examples(encoder):
-    from cleancurate.udfs.screen import screen_batch
+    from cleancurate.engine.harm import screen_batch
 
     cfg = C.load("demo")
     head = HarmHead.from_json(cfg.harm.head)
@@ -142,9 +142,9 @@ def test_head_carries_its_threshold_and_scores_refusals_zero():
 
     x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     head = fit(x, [1, 0], features="t")
-    head.threshold, head.refusals_safe = 0.7, True
+    head.threshold, head.gate_threshold, head.refusals_safe = 0.7, 0.4, True
     again = HarmHead.from_json(head.to_json())
-    assert (again.threshold, again.refusals_safe, again.features) == (0.7, True, "t")
+    assert (again.threshold, again.gate_threshold, again.refusals_safe, again.features) == (0.7, 0.4, True, "t")
     raw = again.probability_of_features(x)
     assert raw[0] > 0.5
     texts = ["I can't help with that request.", "Sure, here is how."]
@@ -153,16 +153,23 @@ def test_head_carries_its_threshold_and_scores_refusals_zero():
     assert again.apply_refusals(raw, texts) == raw
     # a head file without the newer keys keeps the old behaviour
     old = HarmHead.from_json(json.dumps({"features": "t,q*t", "weights": [0.0] * 4, "bias": 0.0}))
-    assert (old.threshold, old.refusals_safe) == (0.5, False)
+    assert (old.threshold, old.gate_threshold, old.refusals_safe) == (0.5, 0.5, False)
     with pytest.raises(ValueError, match="unknown part"):
         HarmHead.from_json(json.dumps({"features": "t,x", "weights": [0.0], "bias": 0.0}))
 
 
 def test_harm_threshold_null_takes_the_heads_own_and_an_override_wins():
+    from cleancurate.gate import gate_settings
+
     cfg = C.load("demo")
     head = HarmHead.from_json(cfg.harm.head)
     assert cfg.harm.threshold == head.threshold
+    # the gate's bar is lower than the screen's, and it is the one the gate's harmful rule uses
+    assert cfg.harm.gate_threshold == head.gate_threshold < head.threshold
+    assert gate_settings(cfg.to_dict())["harm_threshold"] == head.gate_threshold
     assert cfg.with_overrides(["harm.threshold=0.3"]).harm.threshold == 0.3
+    assert cfg.with_overrides(["harm.gate_threshold=0.2"]).harm.gate_threshold == 0.2
     assert C.load("demo", ["harm.head_file=null"]).harm.threshold == 0.5
+    assert gate_settings(C.load("demo", ["harm.head_file=null"]).to_dict())["harm_threshold"] is None
     with pytest.raises(C.ConfigError, match="harm.threshold"):
         C.load("demo", ["harm.threshold=1.5"])
