@@ -250,13 +250,24 @@ def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("evaluate")
 
 
+def _most_harmful(rows: list[dict], encoder, n: int) -> list[dict]:
+    """The ``n`` rows the shipped harm check scores highest (the screen's job is not under test here)."""
+    from cleancurate.engine.harm import screen_batch
+    from cleancurate.safety import HarmHead
+
+    head = HarmHead.from_json(C.load("demo").harm.head)
+    harm = screen_batch(encoder.model, encoder.tokenizer, head, [r["query"] for r in rows],
+                        [r["response"] for r in rows]).harm.tolist()
+    return [r for _, r in sorted(zip(harm, rows), key=lambda x: -x[0])[:n]]
+
+
 @pytest.fixture(scope="module")
-def curation(spark, workdir):
-    """A tiny curation run whose screen flags the sample corpus's unsafe rows."""
+def curation(spark, workdir, encoder):
+    """A tiny curation run whose screen flags unsafe rows of the sample corpus."""
     from cleancurate.jobs.curation.stages import curate
 
     helpful = [r for r in SAMPLE if r["label"] == "helpful"][:10]
-    unsafe = [r for r in SAMPLE if r["label"] == "unsafe"][:4]
+    unsafe = _most_harmful([r for r in SAMPLE if r["label"] == "unsafe"], encoder, 4)
     rows = [(i, q, r) for i, q, r in jobdata.GOOD] + [(r["id"], r["query"], r["response"]) for r in helpful + unsafe]
     src = str(workdir / "input.parquet")
     spark.createDataFrame(rows, "id string, query string, response string").coalesce(1).write.parquet(src)
