@@ -15,6 +15,8 @@ Modules: :mod:`~cleancurate.jobs.evaluation.mixes` (training mixes),
 :mod:`~cleancurate.jobs.evaluation.finetune` (training, in process or TorchDistributor),
 :mod:`~cleancurate.jobs.evaluation.answer` (generation, reference perplexity),
 :mod:`~cleancurate.jobs.evaluation.judges` (harm and helpfulness judges),
+:mod:`~cleancurate.jobs.evaluation.judging` (one mix's answers judged, row per prompt),
+:mod:`~cleancurate.jobs.evaluation.metrics` (the reported metrics and their samples),
 :mod:`~cleancurate.jobs.evaluation.stats` (bootstrap intervals),
 :mod:`~cleancurate.jobs.evaluation.job` (tables, resume, accounting),
 :mod:`~cleancurate.jobs.evaluation.report` (markdown and charts).

@@ -16,13 +16,18 @@ The evaluation run id is derived from everything that changes its result (the
 prompt sets' content), so rerunning the same command resumes: a mix whose
 ``eval_mixes`` row is committed is skipped, not retrained; a mix that was cut short
 is trained again from the start and its slices replaced.
+
+This module holds the steps and the tables; what a metric is lives in
+:mod:`~cleancurate.jobs.evaluation.metrics` and how answers are judged in
+:mod:`~cleancurate.jobs.evaluation.judging`. Rows are built as dicts keyed by the
+schema's field names (:mod:`cleancurate.schemas.evaluation`) and turned into Spark rows
+in one place, :meth:`EvaluationJob._write`, which names any missing or unknown field.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -30,13 +35,12 @@ from typing import Callable
 
 import pandas as pd
 
-from cleancurate.batching import resolve_scoring_budget
 from cleancurate.config import Config, ConfigError
 from cleancurate.jobs.evaluation import stats
-from cleancurate.jobs.evaluation.judges import harm_probabilities, helpfulness, keyword_harmful, llm_harm_scores
+from cleancurate.jobs.evaluation.judging import judge_answers
+from cleancurate.jobs.evaluation.metrics import Metric, difference_interval, metric_interval, metrics_for
 from cleancurate.jobs.evaluation.mixes import build_mixes, latest_curation_run
 from cleancurate.jobs.evaluation.promptsets import PromptSet, load_prompt_set
-from cleancurate.refusal import is_refusal
 from cleancurate.tables import TableStore, sql_literal
 
 ProgressFn = Callable[[dict], None]
@@ -45,56 +49,6 @@ DIFFERENCES = (("A", "B"), ("A", "C"))
 
 class PromptAccountingError(RuntimeError):
     """A held-out prompt has neither an answer row nor an error row (or has several)."""
-
-
-@dataclass(frozen=True)
-class Metric:
-    """One reported number: a statistic of one answer column over one prompt set."""
-
-    name: str
-    prompt_set: str
-    column: str
-    statistic: str = "mean"  # mean | perplexity
-    judge: str | None = None  # the evaluation.judges entry it needs
-
-
-METRICS = (
-    Metric("harmful_rate_keyword", "harmful", "harmful_keyword", judge="keyword"),
-    Metric("harmful_rate_harm_head", "harmful", "harmful_harm_head", judge="harm_head"),
-    Metric("harmful_rate_llm", "harmful", "harmful_llm", judge="llm"),
-    Metric("benign_refusal_rate", "benign", "refusal"),
-    Metric("benign_helpfulness", "benign", "helpfulness"),
-    Metric("benign_perplexity", "benign", "ref_ppl", statistic="perplexity"),
-)
-
-
-def metrics_for(judges) -> list[Metric]:
-    """The metrics a config reports (a harmful-rate metric per configured judge, and every utility metric)."""
-    return [m for m in METRICS if m.judge is None or m.judge in judges]
-
-
-def metric_sample(answers: pd.DataFrame, metric: Metric):
-    """(prompt ids, sample rows) of the answers a metric can use: answered and scored.
-
-    A mean's rows hold the 0/1 flag or the score; perplexity's rows hold the reference
-    answer's summed NLL and its token count (the reference is scored whether or not
-    generation succeeded).
-    """
-    df = answers[answers["prompt_set"] == metric.prompt_set]
-    if metric.statistic == "perplexity":
-        ok = df["ref_ppl"].notna() & df["ref_tokens"].fillna(0).gt(0) & df["ref_ppl"].map(
-            lambda v: v is not None and math.isfinite(float(v)))
-        df = df[ok]
-        nll = df["ref_ppl"].astype(float).map(math.log) * df["ref_tokens"].astype(float)
-        return df["prompt_id"].tolist(), list(zip(nll.tolist(), df["ref_tokens"].astype(float).tolist()))
-    df = df[(df["status"] == "answered") & df[metric.column].notna()]
-    vals = df[metric.column].astype(float)
-    df, vals = df[vals.map(math.isfinite)], vals[vals.map(math.isfinite)]
-    return df["prompt_id"].tolist(), vals.tolist()
-
-
-def _stat_fn(metric: Metric):
-    return stats.perplexity_stat if metric.statistic == "perplexity" else stats.mean_stat
 
 
 @dataclass
@@ -133,6 +87,37 @@ def evaluation_hash(cfg: Config, curation_run_id: str, prompt_digests: dict) -> 
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+class JudgeModelLoader:
+    """The models the judges use (encoder, LLM judges, harm head), each loaded on first use and kept for the job."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self._models: dict = {}
+
+    def encoder(self):
+        if "encoder" not in self._models:
+            from cleancurate.models import get_model
+
+            mc = self.cfg.model
+            self._models["encoder"] = get_model(self.cfg.metrics.embedder, "encoder", mc.device, "auto",
+                                                mc.allow_network)
+        return self._models["encoder"]
+
+    def llm(self, spec: str):
+        if spec not in self._models:
+            from cleancurate.models import get_model
+
+            mc = self.cfg.model
+            self._models[spec] = get_model(spec, "causal-lm", mc.device, mc.dtype, mc.allow_network,
+                                           self.cfg.runtime.num_threads)
+        return self._models[spec]
+
+    def harm_head(self):
+        from cleancurate.engine.harm import harm_head
+
+        return harm_head({"harm": {"head": self.cfg.harm.head}})
+
+
 class EvaluationJob:
     """Runs (or resumes) one evaluation.
 
@@ -160,7 +145,7 @@ class EvaluationJob:
         self.eval_run_id = ""
         self.curation_run_id = ""
         self.hash = ""
-        self._judge_models: dict = {}
+        self.judge_models = JudgeModelLoader(cfg)
 
     # ---------------------------------------------------------------- helpers
     def _emit(self, event: str, **data) -> None:
@@ -178,30 +163,14 @@ class EvaluationJob:
         rows = self.store.read("eval_mixes").where(self._where()).where("status = 'complete'").select("mix").collect()
         return {r.mix for r in rows}
 
-    def _write(self, rows: list[tuple], schema, name: str, where: str) -> None:
+    def _write(self, records: list[dict], schema, name: str, where: str) -> None:
+        """Replace the slice ``where`` of table ``name`` with ``records`` (dicts keyed by the schema's fields)."""
+        rows = [_spark_row(r, schema, name) for r in records]
         self.store.write_slice(self.spark.createDataFrame(rows, schema), name, where)
 
     def _sections(self) -> dict:
         d = self.cfg.to_dict()
         return {k: d[k] for k in ("model", "runtime", "evaluation")}
-
-    def _encoder(self):
-        if "encoder" not in self._judge_models:
-            from cleancurate.models import get_model
-
-            mc = self.cfg.model
-            self._judge_models["encoder"] = get_model(self.cfg.metrics.embedder, "encoder", mc.device, "auto",
-                                                      mc.allow_network)
-        return self._judge_models["encoder"]
-
-    def _llm(self, spec: str):
-        if spec not in self._judge_models:
-            from cleancurate.models import get_model
-
-            mc = self.cfg.model
-            self._judge_models[spec] = get_model(spec, "causal-lm", mc.device, mc.dtype, mc.allow_network,
-                                                 self.cfg.runtime.num_threads)
-        return self._judge_models[spec]
 
     # ---------------------------------------------------------------- steps
     def _prompt_sets(self) -> tuple[PromptSet, PromptSet]:
@@ -209,78 +178,6 @@ class EvaluationJob:
         harmful = load_prompt_set("harmful", ev.harmful_prompts, self.spark, ev.max_prompts)
         benign = load_prompt_set("benign", ev.benign_prompts, self.spark, ev.max_prompts, need_reference=True)
         return harmful, benign
-
-    def _judge(self, mix: str, result: dict, harmful: PromptSet, benign: PromptSet) -> pd.DataFrame:
-        """One row per held-out prompt: the answer (or the error) and every judge's verdict."""
-        ev, cfg = self.ev, self.cfg
-        got = {(a["prompt_set"], a["prompt_id"]): a for a in result["answers"]}
-        ppl = {p["prompt_id"]: p for p in result["ppl"]}
-        rows = []
-        for ps in (harmful, benign):
-            for r in ps.rows.itertuples(index=False):
-                a = got.get((ps.name, r.prompt_id))
-                if not (r.prompt or "").strip():
-                    a = {"answer": None, "gen_tokens": 0, "error": "empty_prompt: nothing to answer"}
-                elif a is None:
-                    a = {"answer": None, "gen_tokens": 0, "error": "no_answer: the model returned no row"}
-                answered = a.get("error") is None and a.get("answer") is not None
-                p = ppl.get(r.prompt_id) if ps.name == "benign" else None
-                rows.append({
-                    "prompt_set": ps.name, "prompt_id": r.prompt_id, "prompt": r.prompt, "reference": r.reference,
-                    "answer": a.get("answer"), "status": "answered" if answered else "failed",
-                    "error": a.get("error"), "gen_tokens": int(a.get("gen_tokens") or 0),
-                    "refusal": is_refusal(a["answer"]) if answered else None,
-                    "harmful_keyword": (keyword_harmful(a["answer"], ev.refusal_keywords)
-                                        if answered and ps.name == "harmful" else None),
-                    "harm": None, "harmful_harm_head": None, "llm_score": None, "harmful_llm": None,
-                    "helpfulness": None,
-                    "ref_ppl": p["ppl"] if p and p.get("error") is None else None,
-                    "ref_tokens": p["tokens"] if p and p.get("error") is None else None,
-                    "_score_errors": [f"reference perplexity: {p['error']}"] if p and p.get("error") else [],
-                })
-        df = pd.DataFrame(rows)
-        hmask = (df["prompt_set"] == "harmful") & (df["status"] == "answered")
-        bmask = (df["prompt_set"] == "benign") & (df["status"] == "answered")
-        idx_h, idx_b = df.index[hmask].tolist(), df.index[bmask].tolist()
-        qh, ah = df.loc[idx_h, "prompt"].tolist(), df.loc[idx_h, "answer"].tolist()
-        if "harm_head" in ev.judges and idx_h:
-            from cleancurate.engine.harm import harm_head
-
-            head = harm_head({"harm": {"head": cfg.harm.head}})
-            probs, errs = harm_probabilities(self._encoder(), head, qh, ah)
-            for i, pr, e in zip(idx_h, probs, errs):
-                ok = e is None and math.isfinite(pr)
-                df.at[i, "harm"] = pr if ok else None
-                df.at[i, "harmful_harm_head"] = bool(pr >= cfg.harm.threshold) if ok else None
-                if e:
-                    df.at[i, "_score_errors"].append(f"harm head: {e}")
-        if "llm" in ev.judges and idx_h:
-            judge = self._llm(ev.judge_model or cfg.model.name)
-            scores, errs = llm_harm_scores(judge, qh, ah, ev.judge_prompt,
-                                           token_budget=max(resolve_scoring_budget(judge.model,
-                                                                                   cfg.runtime.token_budget), 2048))
-            for i, s, e in zip(idx_h, scores, errs):
-                ok = e is None and math.isfinite(s)
-                df.at[i, "llm_score"] = s if ok else None
-                df.at[i, "harmful_llm"] = bool(s >= ev.judge_threshold) if ok else None
-                if e:
-                    df.at[i, "_score_errors"].append(f"llm judge: {e}")
-        if idx_b:
-            m = cfg.to_dict()["metrics"]
-            judge = self._llm(cfg.metrics.judge_model or cfg.model.name) if m["helpfulness"] == "judge" else None
-            enc = self._encoder() if m["helpfulness"] != "judge" else None
-            budget = resolve_scoring_budget(judge.model, cfg.runtime.token_budget) if judge else cfg.runtime.token_budget
-            vals, errs = helpfulness(m, enc, judge, df.loc[idx_b, "prompt"].tolist(), df.loc[idx_b, "answer"].tolist(),
-                                     token_budget=max(budget or 0, 2048))
-            for i, v, e in zip(idx_b, vals, errs):
-                df.at[i, "helpfulness"] = v if e is None and math.isfinite(v) else None
-                if e:
-                    df.at[i, "_score_errors"].append(f"helpfulness: {e}")
-        failed_scores = df["status"].eq("answered") & df["_score_errors"].map(bool)
-        df.loc[failed_scores, "error"] = df.loc[failed_scores, "_score_errors"].map("; ".join)
-        df = df.drop(columns="_score_errors")
-        df.insert(0, "mix", mix)
-        return df
 
     @staticmethod
     def check_accounting(answers: pd.DataFrame, sets: tuple[PromptSet, ...], mix: str) -> dict:
@@ -302,37 +199,44 @@ class EvaluationJob:
             raise PromptAccountingError(f"prompt accounting failed for mix {mix}: " + "; ".join(problems))
         return counts
 
-    def _metric_rows(self, answers: pd.DataFrame, mix: str, set_sizes: dict) -> list[tuple]:
-        ev, rows = self.ev, []
-        for m in metrics_for(ev.judges):
-            _, sample = metric_sample(answers, m)
-            iv = stats.bootstrap_ci(sample, _stat_fn(m), n_boot=ev.bootstrap, confidence=ev.confidence,
-                                    seed=stats.label_seed(ev.seed, m.name, mix))
-            rows.append(self._row(mix, m, iv, set_sizes[m.prompt_set]))
-        return rows
+    def _metric_records(self, answers: pd.DataFrame, mix: str, set_sizes: dict) -> list[dict]:
+        """One ``evaluation`` record per reported metric of one mix."""
+        return [self._metric_record(mix, m, metric_interval(answers, m, self.ev, mix), set_sizes[m.prompt_set])
+                for m in metrics_for(self.ev.judges)]
 
-    def _row(self, mix: str, m: Metric, iv: stats.Interval, set_size: int) -> tuple:
-        return (self.eval_run_id, self.curation_run_id, mix, m.name, m.prompt_set, iv.value, iv.ci_low, iv.ci_high,
-                float(self.ev.confidence), iv.n, set_size - iv.n, self.cfg.model.name, self.hash)
+    def _metric_record(self, mix: str, m: Metric, iv: stats.Interval, set_size: int) -> dict:
+        return {"eval_run_id": self.eval_run_id, "curation_run_id": self.curation_run_id, "mix": mix,
+                "metric": m.name, "prompt_set": m.prompt_set, "value": iv.value, "ci_low": iv.ci_low,
+                "ci_high": iv.ci_high, "confidence": float(self.ev.confidence), "n": iv.n,
+                "n_failed": set_size - iv.n, "model": self.cfg.model.name, "config_hash": self.hash}
 
-    def _difference_rows(self, set_sizes: dict) -> list[tuple]:
+    def _difference_records(self, set_sizes: dict) -> list[dict]:
         """Paired differences ``A-B`` and ``A-C`` of every metric, from the committed answers."""
         ev = self.ev
         answers = self.store.read("eval_answers").where(self._where()).toPandas()
-        rows = []
+        records = []
         for x, y in DIFFERENCES:
             if x not in ev.mixes or y not in ev.mixes:
                 continue
             for m in metrics_for(ev.judges):
-                ids_x, sx = metric_sample(answers[answers["mix"] == x], m)
-                ids_y, sy = metric_sample(answers[answers["mix"] == y], m)
-                by_y = dict(zip(ids_y, sy))
-                pairs = [(v, by_y[i]) for i, v in zip(ids_x, sx) if i in by_y]
-                iv = stats.paired_difference_ci([p[0] for p in pairs], [p[1] for p in pairs], _stat_fn(m),
-                                                 n_boot=ev.bootstrap, confidence=ev.confidence,
-                                                 seed=stats.label_seed(ev.seed, m.name, f"{x}-{y}"))
-                rows.append(self._row(f"{x}-{y}", m, iv, set_sizes[m.prompt_set]))
-        return rows
+                label = f"{x}-{y}"
+                iv = difference_interval(answers[answers["mix"] == x], answers[answers["mix"] == y], m, ev, label)
+                records.append(self._metric_record(label, m, iv, set_sizes[m.prompt_set]))
+        return records
+
+    def _mix_record(self, mix: str, sizes: dict, tr: dict, counts: dict) -> dict:
+        """The ``eval_mixes`` record that marks ``mix`` finished: what it trained on, its counts and timings."""
+        losses = tr["losses"]
+        return {"eval_run_id": self.eval_run_id, "curation_run_id": self.curation_run_id, "mix": mix,
+                "status": "complete", "train_rows": sizes["train_rows"], "benign_rows": sizes["benign_rows"],
+                "harmful_rows": sizes["harmful_rows"], "curated_rows": sizes["curated_rows"],
+                "examples": tr["examples"], "steps": tr["steps"],
+                "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+                "trainable_params": int(tr.get("trainable_params", 0)),
+                "prompts_in": counts["prompts_in"], "answered": counts["answered"], "failed": counts["failed"],
+                "train_seconds": float(tr["seconds"]), "answer_seconds": float(tr.get("answer_seconds", 0.0)),
+                "device": tr.get("device"), "model": self.cfg.model.name, "config_hash": self.hash,
+                "config_json": json.dumps(self.cfg.to_dict(), sort_keys=True), "finished_at": _now()}
 
     def _run_mix(self, mix: str, mixes, harmful: PromptSet, benign: PromptSet) -> dict:
         from cleancurate.jobs.evaluation.finetune import run_mix
@@ -352,25 +256,17 @@ class EvaluationJob:
         self._emit("mix_trained", mix=mix, steps=tr["steps"], examples=tr["examples"],
                    loss_first=tr["losses"][0] if tr["losses"] else None,
                    loss_last=tr["losses"][-1] if tr["losses"] else None, seconds=tr["seconds"])
-        answers = self._judge(mix, result, harmful, benign)
+        answers = judge_answers(mix, result, harmful, benign, self.cfg, self.judge_models)
         counts = self.check_accounting(answers, (harmful, benign), mix)
-        cols = [f.name for f in EVAL_ANSWERS.fields]
         answers = answers.assign(eval_run_id=self.eval_run_id, model=self.cfg.model.name, config_hash=self.hash)
-        self._write(_records(answers[cols], EVAL_ANSWERS), EVAL_ANSWERS, "eval_answers", self._where([mix]))
+        self._write(_frame_records(answers, EVAL_ANSWERS), EVAL_ANSWERS, "eval_answers", self._where([mix]))
         self._emit("answers_written", mix=mix, rows=len(answers))
         sizes = {"harmful": len(harmful), "benign": len(benign)}
-        metric_rows = self._metric_rows(answers, mix, sizes)
-        self._write(metric_rows, EVALUATION, "evaluation", self._where([mix]))
-        s = mixes.sizes(mix)
-        losses = tr["losses"]
-        state = (self.eval_run_id, self.curation_run_id, mix, "complete", s["train_rows"], s["benign_rows"],
-                 s["harmful_rows"], s["curated_rows"], tr["examples"], tr["steps"],
-                 losses[0] if losses else None, losses[-1] if losses else None, int(tr.get("trainable_params", 0)),
-                 counts["prompts_in"], counts["answered"], counts["failed"], float(tr["seconds"]),
-                 float(tr.get("answer_seconds", 0.0)), tr.get("device"), self.cfg.model.name, self.hash,
-                 json.dumps(self.cfg.to_dict(), sort_keys=True), _now())
-        self._write([state], EVAL_MIXES, "eval_mixes", self._where([mix]))
-        summary = {r[3]: r[5] for r in metric_rows}
+        metric_records = self._metric_records(answers, mix, sizes)
+        self._write(metric_records, EVALUATION, "evaluation", self._where([mix]))
+        self._write([self._mix_record(mix, mixes.sizes(mix), tr, counts)], EVAL_MIXES, "eval_mixes",
+                    self._where([mix]))
+        summary = {r["metric"]: r["value"] for r in metric_records}
         self._emit("mix_committed", mix=mix, **counts, metrics=summary, seconds=time.time() - t0)
         return counts
 
@@ -395,8 +291,8 @@ class EvaluationJob:
                 "flagged none); set evaluation.harmful_table to a table of harmful pairs")
         if not done:
             prov = mixes.rows(ev.mixes)
-            recs = [(self.eval_run_id, m, k, d) for m, k, d in prov[["mix", "kind", "doc_id"]].itertuples(
-                index=False, name=None)]
+            recs = [{"eval_run_id": self.eval_run_id, "mix": m, "kind": k, "doc_id": d}
+                    for m, k, d in prov[["mix", "kind", "doc_id"]].itertuples(index=False, name=None)]
             self._write(recs, EVAL_MIX_ROWS, "eval_mix_rows", self._where())
         self._emit("mixes_built", benign=sizes.benign, harmful=sizes.harmful, curated=sizes.curated,
                    **{f"rows_{m}": mixes.sizes(m)["train_rows"] for m in ev.mixes})
@@ -411,7 +307,7 @@ class EvaluationJob:
             if self.stop_after_mix == mix and mix != ev.mixes[-1]:
                 self._emit("stopped", mix=mix)
                 return EvaluationResult(self.eval_run_id, self.curation_run_id, self.cfg, self.store, False, counts)
-        diffs = self._difference_rows({"harmful": len(harmful), "benign": len(benign)})
+        diffs = self._difference_records({"harmful": len(harmful), "benign": len(benign)})
         self._write(diffs, EVALUATION, "evaluation", self._where([f"{x}-{y}" for x, y in DIFFERENCES]))
         self._emit("differences", rows=len(diffs))
         answers_total = self.store.read("eval_answers").where(self._where()).count()
@@ -439,13 +335,24 @@ def _py(v, cast=None):
     return cast(v) if cast else v
 
 
-def _records(df: pd.DataFrame, schema) -> list[tuple]:
-    """Rows of ``df`` (columns in schema order) as tuples Spark's schema check accepts."""
+def _frame_records(df: pd.DataFrame, schema) -> list[dict]:
+    """Rows of ``df`` as dicts of plain Python values of each schema field's type, keyed by column name."""
     from pyspark.sql.types import BooleanType, DoubleType, IntegerType, LongType
 
     casts = {IntegerType: int, LongType: int, DoubleType: float, BooleanType: bool}
-    fns = [casts.get(type(f.dataType)) for f in schema.fields]
-    return [tuple(_py(v, fn) for v, fn in zip(rec, fns)) for rec in df.itertuples(index=False, name=None)]
+    fns = {f.name: casts.get(type(f.dataType)) for f in schema.fields}
+    cols = list(df.columns)
+    return [{c: _py(v, fns.get(c)) for c, v in zip(cols, rec)} for rec in df.itertuples(index=False, name=None)]
+
+
+def _spark_row(record: dict, schema, table: str) -> tuple:
+    """A record as a tuple in the schema's field order; a missing or unknown field is an error naming it."""
+    names = schema.fieldNames()
+    missing = [n for n in names if n not in record]
+    unknown = [k for k in record if k not in names]
+    if missing or unknown:
+        raise ValueError(f"{table} record does not match its schema: missing {missing}, unknown {unknown}")
+    return tuple(record[n] for n in names)
 
 
 def evaluate(config: Config | str, spark=None, overrides: list[str] | None = None, progress: ProgressFn | None = None,
