@@ -266,6 +266,12 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def wilson_rate(k: int, n: int) -> dict:
+    """The proportion k/n with its Wilson 95% interval, as the benchmarks print it (value None when n is 0)."""
+    lo, hi = wilson(k, n)
+    return {"value": round(k / n, 4) if n else None, "k": k, "n": n, "ci95": [round(lo, 4), round(hi, 4)]}
+
+
 def max_rel_diff(a, b) -> float:
     """max |a-b| / |b| over paired finite values; inf when a pair is not comparable."""
     import math

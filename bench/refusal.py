@@ -14,7 +14,7 @@ only their figures say how it does on answers it was not fitted to.
 
 Prints one JSON object: per split (dev, held-out, all) and per answering model on the
 held-out folds, for each detector: n, tp, fp, fn, tn, and precision and recall each with a
-Wilson 95% interval (:func:`bench._common.wilson`).
+Wilson 95% interval (:func:`bench._common.wilson_rate`).
 
     .venv/bin/python -m bench.refusal > bench/results/refusal.json
     .venv/bin/python -m bench.refusal --errors 5     # also the held-out misses of the detector (150 chars)
@@ -29,7 +29,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-from bench._common import emit, wilson
+from bench._common import emit, wilson_rate
 from bench.real_data import ROOT, XSTEST, fold_of, xstest_rows
 from cleancurate.refusal import is_refusal
 
@@ -54,11 +54,6 @@ def old_is_refusal(text: str) -> bool:
 DETECTORS: dict[str, Callable[[str], bool]] = {"new": is_refusal, "old": old_is_refusal}
 
 
-def _rate(k: int, n: int) -> dict:
-    lo, hi = wilson(k, n)
-    return {"value": round(k / n, 4) if n else None, "ci95": [round(lo, 4), round(hi, 4)], "k": k, "of": n}
-
-
 def confusion(rows: list[dict], detect: Callable[[str], bool]) -> dict:
     """n, tp, fp, fn, tn, precision and recall (Wilson 95%) of ``detect`` on labeled rows (refusal True/False)."""
     tp = fp = fn = tn = 0
@@ -69,7 +64,7 @@ def confusion(rows: list[dict], detect: Callable[[str], bool]) -> dict:
         else:
             fp, tn = fp + pred, tn + (not pred)
     return {"n": len(rows), "refusals": tp + fn, "tp": tp, "fp": fp, "fn": fn, "tn": tn,
-            "precision": _rate(tp, tp + fp), "recall": _rate(tp, tp + fn)}
+            "precision": wilson_rate(tp, tp + fp), "recall": wilson_rate(tp, tp + fn)}
 
 
 def split_rows(rows: list[dict], folds) -> list[dict]:

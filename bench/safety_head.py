@@ -35,9 +35,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from bench._common import wilson_rate
 from bench.real_data import fold_of, hh_pairs, xstest_rows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,16 +80,21 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def encode(rows: list[dict], cfg: dict, spec: str | None = None):
-    """Features of each row's (query, text) with the job's encoder (``spec``: the head's parts)."""
-    from cleancurate.models import get_model
-    from cleancurate.safety import FEATURES, features
+def embed_rows(rows: list[dict], cfg: dict):
+    """Query and text embeddings of each row with the job's encoder (torch, n x d each)."""
     from cleancurate.engine.embedding import embed
+    from cleancurate.models import get_model
 
     enc = get_model(cfg["metrics"]["embedder"], "encoder", "cpu", "auto", False)
-    q = embed(enc.model, enc.tokenizer, [r["query"] for r in rows])
-    t = embed(enc.model, enc.tokenizer, [r["text"] for r in rows])
-    return features(q, t, spec or FEATURES)
+    return embed(enc.model, enc.tokenizer, [r["query"] for r in rows]), \
+        embed(enc.model, enc.tokenizer, [r["text"] for r in rows])
+
+
+def encode(rows: list[dict], cfg: dict, spec: str | None = None):
+    """Features of each row's (query, text) with the job's encoder (``spec``: the head's parts)."""
+    from cleancurate.safety import FEATURES, features
+
+    return features(*embed_rows(rows, cfg), spec or FEATURES)
 
 
 @dataclass
@@ -105,6 +111,7 @@ class TrainingData:
     texts: list[str]
     more_texts: list[str]
     less_texts: list[str]
+    embeddings: tuple  # (q, t) of every row, then of every rejected and every chosen answer: features are built from it
 
     def point_rows(self, folds: set[int]) -> list[int]:
         return [i for i, g in enumerate(self.groups) if fold_of(g) in folds]
@@ -112,20 +119,29 @@ class TrainingData:
     def pair_rows(self, folds: set[int]) -> list[int]:
         return [i for i, g in enumerate(self.pair_groups) if fold_of(g) in folds]
 
+    def with_features(self, spec: str) -> "TrainingData":
+        """The same rows and pairs with the feature parts ``spec`` (no new encoding)."""
+        from cleancurate.safety import features
+
+        allx = features(*self.embeddings, spec)
+        n, m = len(self.y), len(self.pair_groups)
+        return replace(self, x=allx[:n], xa=allx[n:n + m], xb=allx[n + m:])
+
 
 def training_data(cfg: dict, spec: str | None = None) -> TrainingData:
     """Encode every labeled row (XSTest, the project's texts) and hh-rlhf pair once, with feature parts ``spec``."""
+    from cleancurate.safety import FEATURES
+
     xs = [{**r, "kind": "xstest"} for r in xstest_rows()]
     rows = xs + labeled_texts()
     pairs = hh_pairs()
     texts = rows + [{"query": p["query"], "text": p["rejected"]} for p in pairs] + \
         [{"query": p["query"], "text": p["chosen"]} for p in pairs]
-    allx = encode(texts, cfg, spec)
-    n, m = len(rows), len(pairs)
-    return TrainingData(x=allx[:n], y=[int(r["harmful"]) for r in rows], groups=[r["group"] for r in rows],
-                        kinds=[r["kind"] for r in rows], xa=allx[n:n + m], xb=allx[n + m:],
-                        pair_groups=[p["group"] for p in pairs], texts=[r["text"] for r in rows],
-                        more_texts=[p["rejected"] for p in pairs], less_texts=[p["chosen"] for p in pairs])
+    data = TrainingData(x=None, y=[int(r["harmful"]) for r in rows], groups=[r["group"] for r in rows],
+                        kinds=[r["kind"] for r in rows], xa=None, xb=None, pair_groups=[p["group"] for p in pairs],
+                        texts=[r["text"] for r in rows], more_texts=[p["rejected"] for p in pairs],
+                        less_texts=[p["chosen"] for p in pairs], embeddings=embed_rows(texts, cfg))
+    return data.with_features(spec or FEATURES)
 
 
 def _weights(y: list[int], kinds: list[str]) -> list[float]:
@@ -297,13 +313,6 @@ def bootstrap_auc(scores: list[float], y: list[int], groups: list[str], seed: in
     return [round(float(np.percentile(vals, 2.5)), 4), round(float(np.percentile(vals, 97.5)), 4)]
 
 
-def rate(k: int, n: int) -> dict:
-    from bench._common import wilson
-
-    lo, hi = wilson(k, n)
-    return {"value": round(k / n, 4) if n else None, "k": k, "n": n, "ci95": [round(lo, 4), round(hi, 4)]}
-
-
 def figures(s: Scores, data: TrainingData, threshold: dict[int, float]) -> dict:
     """Figures of out-of-fold scores ``s``, each row judged at its fold's ``threshold``."""
     xs = [i for i, k in enumerate(data.kinds) if k == "xstest"]
@@ -317,7 +326,7 @@ def figures(s: Scores, data: TrainingData, threshold: dict[int, float]) -> dict:
     def pr(rows):
         flagged = [i for i in rows if s.point[i] >= thr[i]]
         tp = sum(data.y[i] for i in flagged)
-        return {"precision": rate(tp, len(flagged)), "recall": rate(tp, sum(data.y[i] for i in rows))}
+        return {"precision": wilson_rate(tp, len(flagged)), "recall": wilson_rate(tp, sum(data.y[i] for i in rows))}
 
     right = sum(1 for i in pairs if s.more[i] > s.less[i])
     return {
@@ -332,12 +341,12 @@ def figures(s: Scores, data: TrainingData, threshold: dict[int, float]) -> dict:
                                                                      [data.y[i] for i in xs34],
                                                                      [data.groups[i] for i in xs34]),
                                  **pr(xs34)}},
-        "hh_rlhf": {"pairwise_auc": rate(right, len(pairs)),
-                    "flag_rate_less_harmful": rate(sum(s.less[i] >= pair_thr[i] for i in pairs), len(pairs)),
-                    "flag_rate_more_harmful": rate(sum(s.more[i] >= pair_thr[i] for i in pairs), len(pairs))},
+        "hh_rlhf": {"pairwise_auc": wilson_rate(right, len(pairs)),
+                    "flag_rate_less_harmful": wilson_rate(sum(s.less[i] >= pair_thr[i] for i in pairs), len(pairs)),
+                    "flag_rate_more_harmful": wilson_rate(sum(s.more[i] >= pair_thr[i] for i in pairs), len(pairs))},
         "project_originals": {"n": len(proj), "harmful": sum(data.y[i] for i in proj), **pr(proj)},
         "project_candidates": {"n": len(cands), "harmful": sum(data.y[i] for i in cands), **pr(cands),
-                               "others_flagged": rate(sum(s.point[i] >= thr[i] for i in cands if not data.y[i]),
+                               "others_flagged": wilson_rate(sum(s.point[i] >= thr[i] for i in cands if not data.y[i]),
                                                       sum(1 for i in cands if not data.y[i]))},
     }
 
@@ -417,7 +426,7 @@ def main(argv: list[str] | None = None) -> None:
     at_shipped = figures(oof, data, dict.fromkeys(range(FOLDS), final["threshold"]))
 
     prev = HarmHead.from_json(PREVIOUS_HEAD.read_text(encoding="utf-8"))
-    prev_data = training_data(cfg, prev.features)
+    prev_data = data.with_features(prev.features)
     previous = figures(score(prev, prev_data, set(every)), prev_data, dict.fromkeys(range(FOLDS), prev.threshold))
     previous["project_originals"]["note"] = "in-sample: the previous head was trained on these texts"
 
