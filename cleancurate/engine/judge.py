@@ -17,6 +17,7 @@ from typing import Sequence
 import pandas as pd
 
 from cleancurate.batching import error_text, plan_microbatches, run_with_backoff
+from cleancurate.engine.kvcache import left_padded
 from cleancurate.prompts import chat_prompt, neutralize
 from cleancurate.schemas.udf import JUDGE_COLUMNS
 
@@ -61,14 +62,7 @@ def _digit_probs(model, tokenizer, prompt_ids: list[list[int]], digit_ids: list[
     import torch
 
     device = next(model.parameters()).device
-    longest = max(len(p) for p in prompt_ids)
-    pad = tokenizer.pad_token_id or 0
-    ids = torch.full((len(prompt_ids), longest), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, p in enumerate(prompt_ids):
-        ids[i, longest - len(p):] = torch.tensor(p)
-        mask[i, longest - len(p):] = 1
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    ids, mask, pos = left_padded(prompt_ids, tokenizer.pad_token_id or 0)
     with torch.inference_mode():
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
                        logits_to_keep=1).logits[:, -1, :].float()

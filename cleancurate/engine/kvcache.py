@@ -187,6 +187,23 @@ def _grow_cache(past, sel, width: int) -> bool:
     return True
 
 
+def left_padded(prompts: list[list[int]], pad_id: int):
+    """Token ids left-padded to the longest prompt, their attention mask and positions (CPU, long).
+
+    Left padding puts every prompt's last token in the last column, where the next token
+    is read; positions count real tokens only, so a padded prompt is computed as if alone.
+    """
+    import torch
+
+    longest = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), longest), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, longest - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[i, longest - len(p):] = 1
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
 def _prefill(model, prompts: list[list[int]], pad_id: int, cache_kw: str):
     """One forward pass over distinct ``prompts``, left-padded to the longest.
 
@@ -197,13 +214,7 @@ def _prefill(model, prompts: list[list[int]], pad_id: int, cache_kw: str):
     import torch
 
     device = next(model.parameters()).device
-    longest = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), longest), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, longest - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[i, longest - len(p):] = 1
-    position = (mask.cumsum(-1) - 1).clamp(min=0)
+    ids, mask, position = left_padded(prompts, pad_id)
     res = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position.to(device),
                 use_cache=True, logits_to_keep=1)
     return getattr(res, cache_kw), res.logits[:, -1, :], mask, position
