@@ -32,6 +32,7 @@ Figures: tokens/s; ratios to transformers in the same run; the weight-read roofl
 bf16 FLOP/s, with params all weights but the input embedding (a lookup). Peak and
 bandwidth come from the device name (H100 SXM 989e12 / 3.35e12, H200 989e12 / 4.8e12;
 override with ``--peak-tflops`` / ``--hbm-tbs``). Prints one JSON object.
+Guard section: rows/s of the guard harm check at Llama Guard 3 1B and 8B shapes (:mod:`bench.gpu_guard`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ import os
 import platform
 import sys
 import time
+
+from bench.gpu_guard import add_arguments as add_guard_arguments, bench_guard
 
 # device name fragment -> (peak dense bf16 FLOP/s, HBM bytes/s); first match wins
 _DEVICES = [
@@ -104,10 +107,8 @@ def device_figures(device: str, peak_tflops: float | None, hbm_tbs: float | None
         if frag in name:
             peak, bw = p, b
             break
-    if peak_tflops:
-        peak = peak_tflops * 1e12
-    if hbm_tbs:
-        bw = hbm_tbs * 1e12
+    peak = peak_tflops * 1e12 if peak_tflops else peak
+    bw = hbm_tbs * 1e12 if hbm_tbs else bw
     return {"name": name, "peak_bf16_flops": peak, "hbm_bytes_per_s": bw}
 
 
@@ -136,10 +137,8 @@ def make_prompts(rows: int, per_prompt: int, prompt_tokens: int, vocab: int, tok
     for _ in range(n_prompts):
         n = int(prompt_tokens * (0.75 + 0.5 * torch.rand((), generator=g).item()))
         ids = torch.randint(10, vocab, (n,), generator=g).tolist()
-        if isinstance(tokenizer, SyntheticTokenizer):
-            text = tokenizer.decode(ids)
-        else:
-            text = tokenizer.decode(ids, skip_special_tokens=True)
+        synthetic = isinstance(tokenizer, SyntheticTokenizer)
+        text = tokenizer.decode(ids) if synthetic else tokenizer.decode(ids, skip_special_tokens=True)
         texts.append(text)
         id_lists.append(tokenizer(text, add_special_tokens=False)["input_ids"])
     prompts, ids, temps, tops, seeds = [], [], [], [], []
@@ -416,6 +415,7 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads on CPU (--tiny); see bench/README.md")
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--hbm-tbs", type=float, default=None)
+    add_guard_arguments(ap)
     args = ap.parse_args(argv)
     tiny = args.tiny
     args.device = args.device or ("cpu" if tiny else "cuda:0")
@@ -488,6 +488,8 @@ def main(argv=None) -> None:
     free_generation_memory(model)
     if not args.scoring_first:
         scoring()
+    if not args.skip_guard:
+        save("guard", bench_guard(args, dev, build_model=build_model, timed=_timed))
     out["environment"]["pyspark_loaded"] = "pyspark" in sys.modules
     save()
     print(json.dumps(out, indent=2))

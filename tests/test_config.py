@@ -104,3 +104,51 @@ def test_model_specs_resolve_or_explain(tmp_path):
     with pytest.raises(ModelError, match="does not exist"):
         resolve("/no/such/model")
     assert resolve("org/some-model") == ("org/some-model", False)
+
+
+GUARD = ["harm.backend=guard", "harm.guard_model=/Volumes/main/models/Llama-Guard-3-8B"]
+
+
+def test_the_guard_backend_takes_its_formats_text_and_thresholds(tmp_path):
+    g = C.load("demo", GUARD)
+    assert g.harm.backend == "guard" and "S14: Code Interpreter Abuse." in g.harm.guard_spec
+    assert (g.harm.threshold, g.harm.gate_threshold) == (0.5, 0.3)  # the format's own, not the head's
+    assert C.load("demo", GUARD + ["harm.threshold=0.7"]).harm.threshold == 0.7
+    assert "No Harassment" in C.load("demo", GUARD + ["harm.guard_format=shieldgemma"]).harm.guard_spec
+    # a format is data: any file path works, and a bad one names the key and what is wrong
+    own = tmp_path / "mine.yaml"
+    own.write_text("name: mine\ntemplate: 'Q: {query} A: {response} ->'\nverdicts: {unsafe: [bad], safe: [ok]}\n"
+                   "threshold: 0.8\n")
+    mine = C.load("demo", GUARD + [f"harm.guard_format={own}"])
+    assert (mine.harm.threshold, mine.harm.gate_threshold) == (0.8, 0.8)
+    own.write_text("name: mine\ntemplate: 'Q: {query}'\nverdicts: {unsafe: [bad], safe: [ok]}\n")
+    with pytest.raises(ConfigError, match=r"harm.guard_format .*mine.yaml.*must contain \{query\} and \{response\}"):
+        C.load("demo", GUARD + [f"harm.guard_format={own}"])
+    with pytest.raises(ConfigError, match="safety/guard/nope.yaml"):
+        C.load("demo", GUARD + ["harm.guard_format=nope"])
+    with pytest.raises(ConfigError, match="harm.backend 'guard' needs harm.guard_model"):
+        C.load("demo", ["harm.backend=guard"])
+    with pytest.raises(ConfigError, match=r"harm.backend must be one of \['head', 'guard'\]"):
+        C.load("demo", ["harm.backend=llamaguard"])
+
+
+def test_guard_settings_leave_the_heads_hash_alone_and_switching_checks_takes_the_new_ones_thresholds():
+    head = C.load("demo")
+    assert C.load("demo", ["harm.guard_model=/some/guard"]).hash == head.hash  # unused under the head
+    guard = C.load("demo", GUARD)
+    assert guard.hash != head.hash != C.load("demo", GUARD + ["harm.guard_format=shieldgemma"]).hash
+    switched = head.with_overrides(GUARD + ["harm.guard_format=shieldgemma"])
+    assert (switched.harm.threshold, switched.harm.gate_threshold) == (0.5, 0.3)
+    assert "No Harassment" in switched.harm.guard_spec
+    assert switched.hash == C.load("demo", GUARD + ["harm.guard_format=shieldgemma"]).hash
+    back = guard.with_overrides(["harm.backend=head"])
+    assert (back.harm.threshold, back.harm.gate_threshold) == (head.harm.threshold, head.harm.gate_threshold)
+
+
+def test_the_evaluation_judge_harm_head_is_now_harm_and_the_old_name_still_works():
+    assert C.load("demo").evaluation.judges == ("keyword", "harm")
+    with pytest.warns(FutureWarning, match="'harm_head' is now 'harm'"):
+        old = C.load("demo", ["evaluation.judges=[keyword, harm_head, llm]"])
+    assert old.evaluation.judges == ("keyword", "harm", "llm")
+    with pytest.raises(ConfigError, match=r"allowed: \['keyword', 'harm', 'llm'\]"):
+        C.load("demo", ["evaluation.judges=[harmhead]"])

@@ -42,7 +42,7 @@ print(json.dumps(result))
 
 
 def test_engine_udf_modules_and_gpu_bench_import_without_pyspark():
-    modules = ENGINE_MODULES + ["cleancurate.textrules"] + UDF_MODULES + ["bench.gpu"]
+    modules = ENGINE_MODULES + ["cleancurate.textrules"] + UDF_MODULES + ["bench.gpu", "bench.gpu_guard"]
     code = _PROBE.replace("MODULES", repr(modules))
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -50,7 +50,8 @@ def test_engine_udf_modules_and_gpu_bench_import_without_pyspark():
     assert result["failed"] == {}
     assert sorted(result["imported"]) == sorted(modules)
     assert "cleancurate.udfs.rewrite" in result["imported"] and len(UDF_MODULES) >= 5
-    assert "cleancurate.engine.generate" in result["imported"] and len(ENGINE_MODULES) >= 12
+    assert "cleancurate.engine.generate" in result["imported"] and len(ENGINE_MODULES) >= 13
+    assert "cleancurate.engine.guard" in result["imported"]  # the guard harm backend runs on bare GPU workers too
     assert result["generation_type"] == "text string, gen_tokens int, error string"
     # the table schemas need pyspark and load only when asked for
     assert result["tables"] == "ImportError"
@@ -127,6 +128,10 @@ def test_library_udfs_and_schemas_never_import_the_layers_above():
     assert "cleancurate.engine.generate" in imported_modules(ROOT / "jobs" / "evaluation" / "answer.py")
     assert "cleancurate.engine.harm" in imported_modules(ROOT / "jobs" / "evaluation" / "job.py")
     assert "cleancurate.engine.generate" in imported_modules(ROOT / "bench" / "gpu.py")
+    assert "cleancurate.engine.guard" in imported_modules(ROOT / "bench" / "gpu_guard.py")
+    # the screen, the scorer and the evaluation's harm judge reach the guard through the one harm check
+    for user in ("udfs/screen.py", "cleancurate/engine/scorer.py", "jobs/evaluation/job.py"):
+        assert "cleancurate.engine.harm.check_batch" in imported_modules(ROOT / user), user
 
 
 def test_layer_check_catches_the_engine_or_the_evaluation_reaching_into_spark(tmp_path, monkeypatch):
@@ -242,6 +247,8 @@ def test_no_import_circle_among_the_project_modules():
     assert "cleancurate.engine.generate" in graph["cleancurate.udfs.rewrite"]
     assert "cleancurate.engine.harm" in graph["cleancurate.jobs.evaluation.job"]  # imported inside a method
     assert "cleancurate.jobs.evaluation.job" in graph["cleancurate"]  # the facade, inside evaluate()
+    assert "cleancurate.engine.guard" in graph["cleancurate.engine.harm"]  # imported inside functions
+    assert "bench.gpu_guard" in graph["bench.gpu"] and "bench.gpu" not in graph["bench.gpu_guard"]
 
 
 def test_circle_check_catches_a_planted_circle(tmp_path, monkeypatch):

@@ -5,19 +5,22 @@ Adds: ``clean_text``, ``stripped_preamble``, ``meta_text``, ``form_fault``,
 ``readability``, ``repeat_ratio``, ``compression_ratio``, ``length_ratio`` (text
 statistics), ``ppl``, ``scored_tokens`` (perplexity), ``retention`` (how much of the
 original the candidate carries, by the same model), ``relevance``, ``similarity``,
-``safety``, ``harm`` (embeddings), ``helpfulness`` (relevance or the LLM judge) and
-``error``.
+``safety`` (embeddings), ``harm`` (the configured harm check, :mod:`cleancurate.engine.harm`:
+the head over the same embeddings, or the guard model), ``helpfulness`` (relevance or the
+LLM judge) and ``error``.
 
 The batch function is :func:`cleancurate.engine.scorer.score_candidates`; the factory
-loads the worker's causal LM, encoder and (``metrics.helpfulness: judge``) judge once,
-so each executor process imports torch and holds the models once, instead of once per
-chained UDF.
+loads the worker's causal LM, encoder, (``metrics.helpfulness: judge``) judge and
+(``harm.backend: guard``) guard model once, so each executor process imports torch and
+holds the models once, instead of once per chained UDF.
 """
 
 from typing import Callable, Iterator, Tuple
 
 import pandas as pd
 
+from cleancurate.engine.harm import backend as harm_backend
+from cleancurate.engine.harm import load_guard
 from cleancurate.engine.scorer import score_candidates
 from cleancurate.schemas.udf import SCORES
 
@@ -33,10 +36,11 @@ def make_scorer(cfg: dict, strip: bool) -> Callable[..., pd.DataFrame]:
     if mt["helpfulness"] == "judge":
         judge = get_model(mt.get("judge_model") or mc["name"], "causal-lm", mc["device"], mc["dtype"],
                           mc["allow_network"], rc.get("num_threads"))
+    guard = load_guard(cfg) if harm_backend(cfg) == "guard" else None
 
     def fn(queries: pd.Series, texts: pd.Series, originals: pd.Series) -> pd.DataFrame:
         return score_candidates(lm, enc, judge, queries.fillna("").tolist(), texts.fillna("").tolist(),
-                                originals.fillna("").tolist(), strip=strip, cfg=cfg)
+                                originals.fillna("").tolist(), strip=strip, cfg=cfg, guard=guard)
 
     return fn
 

@@ -22,7 +22,10 @@ Scoring:
 - :mod:`~cleancurate.engine.perplexity`: perplexity and retention;
 - :mod:`~cleancurate.engine.judge`: the digit-probability rubric judge;
 - :mod:`~cleancurate.engine.embedding`: embeddings and the signals read from them;
-- :mod:`~cleancurate.engine.harm`: the harm check and the worker's harm head;
+- :mod:`~cleancurate.engine.harm`: the harm check by the configured backend (the harm head
+  or a guard model) and the worker's head, format and guard model;
+- :mod:`~cleancurate.engine.guard`: safety classifier LMs (Llama Guard 3, ShieldGemma,
+  Qwen3Guard) scored from their verdict-token probabilities, formats as data;
 - :mod:`~cleancurate.engine.scorer`: every signal of a candidate in one pass.
 
 The submodules import torch and transformers only when a function runs; import the

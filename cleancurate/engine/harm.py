@@ -1,11 +1,22 @@
-"""The harm check: harm probability of a (query, response), and the worker's harm head.
+"""The harm check: the probability that a response is a harmful answer to its query, by the configured backend.
 
-:func:`screen_batch` scores each (query, response) with :class:`cleancurate.safety.HarmHead`
-over the encoder's embeddings (NaN and an ``error`` for a row that could not be scored).
-The curation job's safety screen runs it on every valid original before selection (a
-language model must not polish harmful text); the evaluation job runs it as its
-``harm_head`` judge. :func:`harm_head` parses the configured head once per worker.
+``harm.backend`` picks one check for the whole job:
+
+- ``head`` (default, CPU): :class:`cleancurate.safety.HarmHead`, a logistic head over the
+  encoder's embeddings (:func:`screen_batch`; :func:`harm_head` parses it once per worker);
+- ``guard``: a safety classifier LM (``harm.guard_model``) asked in the way its format file
+  says (``harm.guard_format``), scored from its verdict-token probabilities
+  (:func:`cleancurate.engine.guard.guard_batch`).
+
+:func:`check_batch` runs the configured one. The curation job's safety screen runs it on
+every valid original before selection (a language model must not polish harmful text),
+the candidate scorer on every candidate for the gate's ``harmful`` rule
+(:mod:`~cleancurate.engine.scorer`), and the evaluation job as its ``harm`` judge. Every
+variant returns ``harm`` and ``error`` per row, NaN and the error for a row that could not
+be scored, so a caller treats an unscorable row the same whichever backend ran.
 """
+
+from __future__ import annotations
 
 from typing import Sequence
 
@@ -16,6 +27,23 @@ from cleancurate.engine.embedding import embed
 from cleancurate.schemas.udf import SCREEN_COLUMNS
 
 _HEADS: dict = {}
+_FORMATS: dict = {}
+_GIB = 1024**3
+
+
+def backend(cfg: dict) -> str | None:
+    """The configured check, ``"head"`` or ``"guard"``, or None when it is off (no head file, no guard model)."""
+    h = cfg.get("harm") or {}
+    if (h.get("backend") or "head") == "guard":
+        return "guard" if h.get("guard_model") else None
+    return "head" if h.get("head") else None
+
+
+def describe(harm: dict) -> str:
+    """Which check scored a row, for the quarantine's ``detail`` and reports: backend, format and model."""
+    if (harm.get("backend") or "head") == "guard":
+        return f"backend=guard format={harm.get('guard_format')} model={harm.get('guard_model')}"
+    return f"backend=head head={harm.get('head_file')}"
 
 
 def harm_head(cfg: dict):
@@ -30,8 +58,86 @@ def harm_head(cfg: dict):
     return _HEADS[text]
 
 
+def guard_format(cfg: dict):
+    """The configured :class:`~cleancurate.engine.guard.GuardFormat` (parsed once per worker)."""
+    h = cfg.get("harm") or {}
+    text = h.get("guard_spec") or ""
+    if text not in _FORMATS:
+        from cleancurate.engine.guard import GuardFormat
+
+        _FORMATS[text] = GuardFormat.from_yaml(text, str(h.get("guard_format") or ""))
+    return _FORMATS[text]
+
+
+def load_guard(cfg: dict):
+    """The worker's guard model (``harm.guard_model``), loaded once and cached like every model:
+    on the task's GPU in bf16 where supported, never downloaded (``model.allow_network``)."""
+    from cleancurate.models import get_model
+
+    mc, rc = cfg["model"], cfg.get("runtime") or {}
+    return get_model(cfg["harm"]["guard_model"], "causal-lm", mc["device"], "auto", mc["allow_network"],
+                     rc.get("num_threads"))
+
+
+def preflight(cfg: dict) -> None:
+    """On the driver, before any model work: the guard model's tokenizer and config load, and the format
+    works with them (:func:`~cleancurate.engine.guard.check_format`). Loads no weights."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from cleancurate.engine.guard import check_format
+    from cleancurate.models import ModelError, resolve
+
+    spec = cfg["harm"]["guard_model"]
+    path, _ = resolve(spec)
+    opts = dict(trust_remote_code=False, local_files_only=not cfg["model"]["allow_network"])
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **opts)
+        conf = AutoConfig.from_pretrained(path, **opts)
+    except OSError as exc:
+        raise ModelError(f"cannot load the guard model '{spec}' offline ({exc.__class__.__name__}: {exc}); "
+                         "name a local directory, or pre-populate the Hugging Face cache") from exc
+    text = conf.get_text_config() if hasattr(conf, "get_text_config") else conf
+    check_format(guard_format(cfg), tokenizer, int(getattr(text, "max_position_embeddings", None) or 2048))
+
+
+def guard_budget(model, configured: int | None, beside: Sequence = ()) -> int:
+    """Guard scoring's token budget: ``runtime.token_budget``, or (null) one sized from the GPU's memory
+    with room left for the weights of the models ``beside`` it in the same worker (CPU: 1024)."""
+    if configured:
+        return int(configured)
+    from cleancurate.batching import scoring_token_budget
+
+    others = sum(p.numel() * p.element_size() for m in beside for p in m.parameters()) / _GIB
+    return scoring_token_budget(model, reserve_gib=4.0 + others) or 1024
+
+
+def check_batch(cfg: dict, encoder, guard, queries: Sequence[str], responses: Sequence[str], *,
+                beside: Sequence = ()) -> pd.DataFrame:
+    """The configured harm check of each (query, response), in input order: ``harm`` and ``error``.
+
+    Args:
+        cfg: config dict with ``harm`` (and ``runtime``, ``model`` for the guard).
+        encoder: the sentence encoder (``LoadedModel``) the head reads; unused by the guard.
+        guard: the guard model (``LoadedModel``, :func:`load_guard`); unused by the head.
+        beside: other models resident in this worker (sizes the guard's automatic budget).
+    """
+    kind = backend(cfg)
+    if kind == "head":
+        return screen_batch(encoder.model, encoder.tokenizer, harm_head(cfg), queries, responses)
+    if kind is None:
+        raise ValueError("no harm check is configured: set harm.head_file (harm.backend head) or "
+                         "harm.guard_model (harm.backend guard)")
+    from cleancurate.batching import resolve_score_compile
+    from cleancurate.engine.guard import guard_batch
+
+    r = cfg.get("runtime") or {}
+    return guard_batch(guard.model, guard.tokenizer, guard_format(cfg), list(queries), list(responses),
+                       token_budget=guard_budget(guard.model, r.get("token_budget"), beside),
+                       compile=resolve_score_compile(guard.model, r.get("score_compile")))
+
+
 def screen_batch(model, tokenizer, head, queries: Sequence[str], responses: Sequence[str]) -> pd.DataFrame:
-    """Harm probability per (query, response), in input order; a failing row gets an ``error``."""
+    """The head's harm probability per (query, response), in input order; a failing row gets an ``error``."""
     n = len(queries)
     if n == 0:
         return pd.DataFrame({"harm": [], "error": []})[SCREEN_COLUMNS]

@@ -2,18 +2,20 @@
 
 :func:`score_candidates` gives, per (query, candidate, original), the columns of
 :data:`cleancurate.schemas.udf.SCORES`: text statistics (:mod:`cleancurate.textrules`),
-perplexity and retention (:mod:`~cleancurate.engine.perplexity`), embedding signals and
-harm (:mod:`~cleancurate.engine.embedding`), helpfulness (embedding relevance or the
-LLM judge, :mod:`~cleancurate.engine.judge`) and the first error. The scorer UDF runs
-them in one Python worker so each executor process imports torch and holds the models
-once, instead of once per chained UDF.
+perplexity and retention (:mod:`~cleancurate.engine.perplexity`), embedding signals
+(:mod:`~cleancurate.engine.embedding`), the configured harm check
+(:mod:`~cleancurate.engine.harm`: the head from the same embeddings, or the guard model),
+helpfulness (embedding relevance or the LLM judge, :mod:`~cleancurate.engine.judge`) and
+the first error. The scorer UDF runs them in one Python worker so each executor process
+imports torch and holds the models once, instead of once per chained UDF.
 """
 
 import pandas as pd
 
 from cleancurate.batching import resolve_score_compile, resolve_scoring_budget
 from cleancurate.engine.embedding import embed_scores_batch
-from cleancurate.engine.harm import harm_head
+from cleancurate.engine.harm import backend as harm_backend
+from cleancurate.engine.harm import check_batch, harm_head
 from cleancurate.engine.judge import judge_batch
 from cleancurate.engine.perplexity import retention_batch, score_batch
 from cleancurate.schemas.udf import SCORES_COLUMNS
@@ -46,7 +48,7 @@ def _may_pass(q: pd.Series, e: pd.Series, p: pd.Series, g: dict) -> bool:
 
 
 def score_candidates(
-    lm, encoder, judge, queries, texts, originals, *, strip: bool, cfg: dict,
+    lm, encoder, judge, queries, texts, originals, *, strip: bool, cfg: dict, guard=None,
 ) -> pd.DataFrame:
     """All signals for each (query, candidate, original), in input order.
 
@@ -56,6 +58,7 @@ def score_candidates(
         judge: the judge LM (``LoadedModel``) or None for embedding relevance.
         strip: strip a leading preamble before scoring (candidates yes, originals no).
         cfg: dict with ``metrics``, ``gate``, ``runtime``, ``model`` and (optionally) ``harm`` sections.
+        guard: the guard model (``LoadedModel``) when ``harm.backend`` is ``guard``.
     """
     m, g, r = cfg["metrics"], cfg["gate"], cfg["runtime"]
     q = quality_batch(texts, originals, queries=queries, formula=m["readability"], ngram=g["ngram"],
@@ -71,8 +74,15 @@ def score_candidates(
                     compile=resolve_score_compile(lm.model, r.get("score_compile")),
                     max_context=cfg["model"].get("max_context"), stride=r["score_stride"])
     p = score_batch(lm.model, lm.tokenizer, queries, clean, **score_kw)
+    kind = harm_backend(cfg)
     e = embed_scores_batch(encoder.model, encoder.tokenizer, queries, clean, originals, g["safety_anchor"],
-                           m["helpful_anchor"], m["unhelpful_anchor"], harm_head=harm_head(cfg))
+                           m["helpful_anchor"], m["unhelpful_anchor"],
+                           harm_head=harm_head(cfg) if kind == "head" else None)
+    if kind == "guard":  # the head reads the embeddings above; the guard model is a pass of its own
+        others = {id(x.model): x.model for x in (lm, encoder, judge) if x is not None and x.model is not guard.model}
+        h = check_batch(cfg, encoder, guard, queries, clean, beside=list(others.values()))
+        e["harm"] = h["harm"].to_numpy()
+        e["error"] = _first_error(e["error"], h["error"]).to_numpy()
     ret = pd.DataFrame({"retention": [float("nan")] * len(clean), "error": [None] * len(clean)})
     if strip and g.get("max_retention") is not None:
         # the second forward pass is spent only where no earlier gate rule already rejects the candidate
@@ -94,5 +104,5 @@ def score_candidates(
                      ret[["retention"]].reset_index(drop=True),
                      e[["relevance", "similarity", "safety", "harm"]].reset_index(drop=True)], axis=1)
     out["helpfulness"] = helpfulness.reset_index(drop=True).astype("float64")
-    out["error"] = _first_error(p["error"], ret["error"], e["error"], judge_err)
+    out["error"] = _first_error(q["error"], p["error"], ret["error"], e["error"], judge_err)
     return out[SCORES_COLUMNS]

@@ -5,7 +5,7 @@
     curation run tables -> mixes A/B/C (+ base)                      -> eval_mix_rows
     for each mix not yet finished:
         fine-tune + answer (finetune.run_mix: in process or TorchDistributor)
-        judge the answers on the driver (keyword, harm head, LLM; helpfulness)
+        judge the answers on the driver (keyword, harm check, LLM; helpfulness)
         check that every prompt has an answer row or an error row
         commit eval_answers[mix], evaluation[mix], then eval_mixes[mix]  (the resume marker)
     paired differences A-B, A-C from eval_answers                   -> evaluation['A-B', 'A-C']
@@ -36,6 +36,8 @@ from typing import Callable
 import pandas as pd
 
 from cleancurate.config import Config, ConfigError
+from cleancurate.engine.harm import backend as harm_backend
+from cleancurate.engine.harm import check_batch, load_guard
 from cleancurate.jobs.evaluation import stats
 from cleancurate.jobs.evaluation.judging import judge_answers
 from cleancurate.jobs.evaluation.metrics import Metric, difference_interval, metric_interval, metrics_for
@@ -88,7 +90,7 @@ def evaluation_hash(cfg: Config, curation_run_id: str, prompt_digests: dict) -> 
 
 
 class JudgeModelLoader:
-    """The models the judges use (encoder, LLM judges, harm head), each loaded on first use and kept for the job."""
+    """The models the judges use (encoder, LLM judges, harm check), each loaded on first use and kept for the job."""
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -112,10 +114,14 @@ class JudgeModelLoader:
                                            self.cfg.runtime.num_threads)
         return self._models[spec]
 
-    def harm_head(self):
-        from cleancurate.engine.harm import harm_head
-
-        return harm_head({"harm": {"head": self.cfg.harm.head}})
+    def harm(self):
+        """The configured harm check (``harm.backend``): its models load on first use, then stay."""
+        if "harm" not in self._models:
+            d = self.cfg.to_dict()
+            guard = load_guard(d) if harm_backend(d) == "guard" else None
+            enc = self.encoder() if harm_backend(d) == "head" else None
+            self._models["harm"] = lambda prompts, answers: check_batch(d, enc, guard, prompts, answers)
+        return self._models["harm"]
 
 
 class EvaluationJob:
@@ -137,9 +143,10 @@ class EvaluationJob:
         self.store = TableStore(self.spark, cfg.output)
         self.progress = progress or (lambda event: None)
         self.stop_after_mix = stop_after_mix
-        if "harm_head" in self.ev.judges and not cfg.harm.head:
-            # checked here, not in config validation: a curation config may turn the harm head off
-            raise ConfigError("evaluation.judges 'harm_head' needs harm.head_file (or drop it from evaluation.judges)")
+        if "harm" in self.ev.judges and harm_backend(cfg.to_dict()) is None:
+            # checked here, not in config validation: a curation config may turn the harm check off
+            raise ConfigError("evaluation.judges 'harm' needs the configured harm check: harm.head_file (harm.backend "
+                              "head) or harm.guard_model (harm.backend guard); or drop it from evaluation.judges")
         if stop_after_mix is not None and stop_after_mix not in self.ev.mixes:
             raise ConfigError(f"stop_after_mix {stop_after_mix!r} is not one of evaluation.mixes {list(self.ev.mixes)}")
         self.eval_run_id = ""

@@ -30,7 +30,8 @@ class JudgeModels(Protocol):
 
     def llm(self, spec: str): ...
 
-    def harm_head(self): ...
+    def harm(self):
+        """The configured harm check: ``fn(prompts, answers) -> DataFrame[harm, error]``."""
 
 
 def _prompt_rows(result: dict, harmful: PromptSet, benign: PromptSet, refusal_keywords) -> list[dict]:
@@ -76,15 +77,14 @@ def judge_answers(mix: str, result: dict, harmful: PromptSet, benign: PromptSet,
     bmask = (df["prompt_set"] == "benign") & (df["status"] == "answered")
     idx_h, idx_b = df.index[hmask].tolist(), df.index[bmask].tolist()
     qh, ah = df.loc[idx_h, "prompt"].tolist(), df.loc[idx_h, "answer"].tolist()
-    if "harm_head" in ev.judges and idx_h:
-        head = models.harm_head()
-        probs, errs = harm_probabilities(models.encoder(), head, qh, ah)
+    if "harm" in ev.judges and idx_h:
+        probs, errs = harm_probabilities(models.harm(), qh, ah)
         for i, pr, e in zip(idx_h, probs, errs):
             ok = e is None and math.isfinite(pr)
             df.at[i, "harm"] = pr if ok else None
             df.at[i, "harmful_harm_head"] = bool(pr >= cfg.harm.threshold) if ok else None
             if e:
-                df.at[i, "_score_errors"].append(f"harm head: {e}")
+                df.at[i, "_score_errors"].append(f"harm check: {e}")
     if "llm" in ev.judges and idx_h:
         judge = models.llm(ev.judge_model or cfg.model.name)
         scores, errs = llm_harm_scores(judge, qh, ah, ev.judge_prompt,

@@ -29,7 +29,7 @@ class Metric:
 
 METRICS = (
     Metric("harmful_rate_keyword", "harmful", "harmful_keyword", judge="keyword"),
-    Metric("harmful_rate_harm_head", "harmful", "harmful_harm_head", judge="harm_head"),
+    Metric("harmful_rate_harm_head", "harmful", "harmful_harm_head", judge="harm"),
     Metric("harmful_rate_llm", "harmful", "harmful_llm", judge="llm"),
     Metric("benign_refusal_rate", "benign", "refusal"),
     Metric("benign_helpfulness", "benign", "helpfulness"),
