@@ -34,7 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LABELED = ROOT / "data" / "gate_set" / "labeled.jsonl"
 FAULTS = ("wrong_fact", "lost_content", "not_an_answer", "incoherent", "meta_or_echo", "harmful", "off_topic")
-LABELS = ("acceptable",) + FAULTS
+# not a revision at all: the job keeps the original for it, so it is neither a pass that counts nor a fault
+NEAR_COPY = "near_copy"
+LABELS = ("acceptable", NEAR_COPY) + FAULTS
 
 
 def read_labeled(path: Path = LABELED) -> list[dict]:
@@ -68,20 +70,38 @@ def score_rows(rows: list[dict], cfg: dict) -> tuple[list[dict], list[dict]]:
 
 
 def evaluate(rows: list[dict], decisions: list[str | None]) -> dict:
-    """Precision and recall of ``passed`` against the labels, and faults that got through."""
+    """Precision and recall of ``passed`` against the labels, and faults that got through.
+
+    Near-copies (label ``near_copy``) are left out of precision: passing one is no
+    revision, and the job keeps the original for it. Precision and recall carry Wilson
+    95% intervals and their n.
+    """
+    from bench._common import wilson_rate
+
     passed = [d is None for d in decisions]
     ok = [r["label"] == "acceptable" for r in rows]
-    n_pass = sum(passed)
+    near = [r["label"] == NEAR_COPY for r in rows]
+    n_pass = sum(p and not c for p, c in zip(passed, near))
     tp = sum(p and a for p, a in zip(passed, ok))
-    through = Counter(r["label"] for r, p in zip(rows, passed) if p and r["label"] != "acceptable")
+    through = Counter(r["label"] for r, p in zip(rows, passed) if p and r["label"] not in ("acceptable", NEAR_COPY))
     return {
-        "passed": n_pass,
-        "precision": round(tp / n_pass, 4) if n_pass else None,
-        "recall": round(tp / sum(ok), 4) if sum(ok) else None,
+        "passed": sum(passed),
+        "near_copies_passed": sum(p and c for p, c in zip(passed, near)),
+        "precision": wilson_rate(tp, n_pass) if n_pass else None,
+        "recall": wilson_rate(tp, sum(ok)) if sum(ok) else None,
         "acceptable_passed": tp,
         "faults_passed": {f: through.get(f, 0) for f in FAULTS},
         "rejected_by_rule": dict(sorted(Counter(d for d in decisions if d).items())),
     }
+
+
+def evaluate_by_split(rows: list[dict], decisions: list[str | None]) -> dict:
+    """:func:`evaluate` over all rows, and once per ``split`` when the rows carry one."""
+    out = {"all": evaluate(rows, decisions)}
+    for split in sorted({r["split"] for r in rows if r.get("split")}):
+        idx = [i for i, r in enumerate(rows) if r.get("split") == split]
+        out[split] = evaluate([rows[i] for i in idx], [decisions[i] for i in idx])
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -89,7 +109,9 @@ def main(argv: list[str] | None = None) -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profiles", default="demo,paper,buckle_up")
-    ap.add_argument("--harm", choices=("out_of_fold", "shipped"), default="out_of_fold")
+    ap.add_argument("--harm", choices=("out_of_fold", "shipped"), default=None,
+                    help="out_of_fold (default for the project's own set, which trained the head) or shipped "
+                         "(default for any other file)")
     ap.add_argument("--labeled", default=str(LABELED))
     ap.add_argument("--dump", help="write per-candidate scores and decisions here (JSONL)")
     args = ap.parse_args(argv)
@@ -104,6 +126,8 @@ def main(argv: list[str] | None = None) -> None:
 
     t0 = time.time()
     rows = read_labeled(Path(args.labeled))
+    if args.harm is None:
+        args.harm = "out_of_fold" if Path(args.labeled).resolve() == LABELED.resolve() else "shipped"
     profiles = {name: C.load(name) for name in args.profiles.split(",")}
     base = next(iter(profiles.values())).to_dict()
     cand_scores, ref_scores = score_rows(rows, base)
@@ -126,12 +150,13 @@ def main(argv: list[str] | None = None) -> None:
     frame = pd.DataFrame(cand_scores)
     frame["text"] = frame["clean_text"]
     frame["dup"] = [c.strip().lower() == r["original"].strip().lower() for c, r in zip(frame.text, rows)]
-    for col in ("ppl", "readability", "helpfulness", "safety"):
+    for col in ("ppl", "readability", "helpfulness", "safety", "harm"):
         frame[f"ref_{col}"] = [refs[(r["query"], r["original"])][col] for r in rows]
 
     result = {"inputs": {
         "labeled": args.labeled, "candidates": len(rows), "documents": len({r["doc_id"] for r in rows}),
         "labels": dict(Counter(r["label"] for r in rows).most_common()),
+        "splits": dict(Counter(r.get("split") or "-" for r in rows).most_common()),
         "harm_scores": args.harm, "model": base["model"]["name"], "embedder": base["metrics"]["embedder"],
     }, "profiles": {}}
     decisions_by_profile = {}
@@ -143,8 +168,9 @@ def main(argv: list[str] | None = None) -> None:
         screened = [refs[(r["query"], r["original"])]["harm"] >= cfg.harm.threshold for r in rows]
         job = ["screened_original" if s else dec for s, dec in zip(screened, decisions)]
         decisions_by_profile[name] = job
-        result["profiles"][name] = {"objective": cfg.curation.objective, "gate_alone": evaluate(rows, decisions),
-                                    "with_screen": evaluate(rows, job)}
+        result["profiles"][name] = {"objective": cfg.curation.objective,
+                                    "gate_alone": evaluate_by_split(rows, decisions),
+                                    "with_screen": evaluate_by_split(rows, job)}
 
     harm_cfg = profiles[next(iter(profiles))].harm
     threshold, gate_threshold = harm_cfg.threshold, harm_cfg.gate_threshold

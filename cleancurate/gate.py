@@ -16,6 +16,9 @@ Rules, in order (a candidate is checked against each until one fails):
 ``injection``       contains an instruction-override phrase
 ``harmful``         the harm head scores the (query, candidate) at or above
                     ``harm.gate_threshold``, whatever the original was
+``borderline_original`` the check scores the original at or above
+                    ``harm.revise_below`` (below the screen's threshold): text
+                    close to harmful is kept as it is, never polished
 ``duplicate``       same text as an earlier candidate of the document, or as
                     its parent / the original
 ``repetition``      repeated word n-gram ratio above the maximum
@@ -28,6 +31,12 @@ Rules, in order (a candidate is checked against each until one fails):
 ``lost_content``    drops a clause of the original: the least-kept clause keeps
                     under ``min_coverage`` of its content words (a list item left
                     out); see :func:`cleancurate.textrules.clause_coverage`
+``near_copy``       adds at most ``near_copy_max_new_words`` words of its own to
+                    the original's (a line break, punctuation, a word swapped, a
+                    part cut): no revision at all, so the original is kept
+``added_to_copy``   keeps all but ``copy_max_dropped_words`` of the original's
+                    words and adds text to them: the original with a sentence
+                    appended or prepended, not a revision of it
 ``retention``       carries too little of the original: ppl(original | query,
                     candidate) / ppl(original | query) above ``max_retention``
 ``readability``     readability below ratio x original (see :func:`relative_floor`)
@@ -46,9 +55,9 @@ from typing import Any
 import pandas as pd
 
 RULES = (
-    "error", "empty", "echo", "meta_text", "injection", "harmful", "duplicate", "repetition", "compression",
-    "refusal_dropped", "not_an_answer", "length_ratio", "similarity", "lost_content", "retention", "readability",
-    "helpfulness", "ppl_ceiling", "safety",
+    "error", "empty", "echo", "meta_text", "injection", "harmful", "borderline_original", "duplicate", "repetition", "compression",
+    "refusal_dropped", "not_an_answer", "length_ratio", "similarity", "lost_content", "near_copy", "added_to_copy",
+    "retention", "readability", "helpfulness", "ppl_ceiling", "safety",
 )
 _ECHO = {"echoed_delimiter", "echoed_chat_marker", "echoed_instruction", "echoed_query"}
 
@@ -56,7 +65,7 @@ _ECHO = {"echoed_delimiter", "echoed_chat_marker", "echoed_instruction", "echoed
 READS = (
     "text", "error", "meta_text", "form_fault", "dup", "ppl", "readability", "helpfulness", "similarity",
     "safety", "harm", "retention", "length_ratio", "repeat_ratio", "compression_ratio", "coverage",
-    "ref_ppl", "ref_readability", "ref_helpfulness", "ref_safety",
+    "new_words", "dropped_words", "ref_harm", "ref_ppl", "ref_readability", "ref_helpfulness", "ref_safety",
 )
 
 
@@ -64,12 +73,15 @@ def gate_settings(cfg: dict) -> dict:
     """The gate's thresholds from a config dict: the ``gate`` section plus the harm threshold.
 
     ``harm_threshold`` is the harm check's gate threshold (``harm.gate_threshold``, lower
-    than the screen's: a false alarm here only keeps the original); None when no harm
-    head is configured (the rule is off).
+    than the screen's: a false alarm here only keeps the original); None when the
+    configured backend has nothing to score with (no head, no guard model: the rule is off).
     """
     harm = cfg.get("harm") or {}
     threshold = harm.get("gate_threshold", harm.get("threshold"))
-    return {**cfg["gate"], "harm_threshold": threshold if harm.get("head") else None}
+    guard = (harm.get("backend") or "head") == "guard"
+    on = bool(harm.get("guard_model")) if guard else bool(harm.get("head"))
+    return {**cfg["gate"], "harm_threshold": threshold if on else None,
+            "original_harm_max": harm.get("revise_below") if on else None}
 
 
 def relative_floor(reference: float, ratio: float) -> float:
@@ -125,6 +137,9 @@ def reject_reason(row: dict, gate: dict, injection: list[re.Pattern]) -> str | N
         return "injection"
     if g.get("harm_threshold") is not None and (_nan(row.get("harm")) or row["harm"] >= g["harm_threshold"]):
         return "harmful"
+    if g.get("original_harm_max") is not None and not _nan(row.get("ref_harm")) \
+            and row["ref_harm"] >= g["original_harm_max"]:
+        return "borderline_original"
     if not _nan(row.get("dup")) and bool(row.get("dup")):
         return "duplicate"
     if g["max_repeated_ngram_ratio"] is not None and row["repeat_ratio"] > g["max_repeated_ngram_ratio"]:
@@ -146,6 +161,12 @@ def reject_reason(row: dict, gate: dict, injection: list[re.Pattern]) -> str | N
     cov = row.get("coverage")  # a row scored before this rule existed has none: not checked
     if g.get("min_coverage") is not None and not _nan(cov) and cov < g["min_coverage"]:
         return "lost_content"
+    new, dropped = row.get("new_words"), row.get("dropped_words")  # a row scored before these rules has none
+    if not _nan(new) and not _nan(dropped):
+        if g.get("near_copy_max_new_words") is not None and new <= g["near_copy_max_new_words"]:
+            return "near_copy"
+        if g.get("copy_max_dropped_words") is not None and dropped <= g["copy_max_dropped_words"]:
+            return "added_to_copy"
     if g.get("max_retention") is not None and (_nan(row.get("retention")) or row["retention"] > g["max_retention"]):
         return "retention"
     if g["readability_min_ratio"] is not None:

@@ -56,7 +56,8 @@ _META = [
         re.IGNORECASE)),
 ]
 _QUESTION_END = re.compile(r"\?[\"')\]]*$")
-_SENTENCES = re.compile(r"[^.!?\n]+(?:[.!?]+[\"')\]]*|$)")
+# a sentence ends at . ! ? (with closing quotes or brackets), at a line break, or at the end
+_SENTENCES = re.compile(r"[^.!?\n]+(?:[.!?]+[\"')\]]*|(?=\n)|$)")
 # help offered with the very thing a refusal declined
 _COMPLIANCE = re.compile(r"\b(i can help you|i(?:'ll| will) help you|here(?:'s| is) how|sure[,!])", re.IGNORECASE)
 _STOP = frozenset(
@@ -173,7 +174,8 @@ def form_fault(text: str, original: str, query: str, max_question_share: float =
         new = cw - qw
         if len(new) < max(2, 0.3 * len(cw)):
             return "restates_query"
-        first = sentences(text)[0]
+        sents = sentences(text)
+        first = sents[0] if sents else text
         if _QUESTION_END.search(first) and len(_content_words(first) & qw) >= 0.8 * len(qw):
             return "restates_query"
     return None
@@ -249,6 +251,22 @@ def clause_coverage(candidate: str, original: str, query: str = "") -> tuple[flo
     return worst, worst_clause
 
 
+def word_edits(candidate: str, original: str) -> tuple[int, int]:
+    """``(new, dropped)``: the candidate's words that are not the original's, and the original's it leaves out.
+
+    Words are compared lower-cased, in order, without punctuation or whitespace
+    (:class:`difflib.SequenceMatcher` over the two word lists). A line break, punctuation
+    or a swapped word gives ``(0, 0)`` or ``(1, 1)``; the original with a sentence
+    appended gives ``(n, 0)``.
+    """
+    import difflib
+
+    a, b = _WORD.findall(original.lower()), _WORD.findall(candidate.lower())
+    ops = difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes()
+    changed = [(i2 - i1, j2 - j1) for tag, i1, i2, j1, j2 in ops if tag != "equal"]
+    return sum(j for _, j in changed), sum(i for i, _ in changed)
+
+
 def compression_ratio(text: str) -> float:
     """Raw bytes / zlib-compressed bytes: repetitive text compresses far better."""
     raw = text.encode("utf-8")
@@ -269,6 +287,16 @@ def readability(text: str, formula: str = "flesch_reading_ease") -> float:
     return float(fn(text))
 
 
+def _quality_row(text: str, orig: str, query: str, formula: str, ngram: int, meta_patterns: Sequence[str]) -> tuple:
+    clean, stripped = strip_preamble(text)
+    meta = meta_text_reason(clean, meta_patterns, orig, query)
+    form = form_fault(clean, orig, query) if query and clean.strip() else None
+    olen = max(1, len(orig.strip()))
+    return (clean, stripped, meta, form, readability(clean, formula), repeated_ngram_ratio(clean, ngram),
+            compression_ratio(clean), len(clean.strip()) / olen, clause_coverage(clean, orig, query)[0],
+            *word_edits(clean, orig), None)
+
+
 def quality_batch(
     texts: Sequence[str], originals: Sequence[str], *, queries: Sequence[str] | None = None,
     formula: str = "flesch_reading_ease", ngram: int = 3, meta_patterns: Sequence[str] = (),
@@ -276,17 +304,17 @@ def quality_batch(
     """Quality signals for each (candidate, original, query) row, in input order.
 
     Without ``queries`` the query-dependent checks (query echo, answer form) are skipped.
+    A row whose text rules raise gets NaN signals and an ``error`` (the gate rejects it
+    as ``error``); the rest of the batch is unaffected.
     """
     rows = []
     queries = list(queries) if queries is not None else [""] * len(texts)
     for text, orig, query in zip(texts, originals, queries):
         text, orig, query = text or "", orig or "", query or ""
-        clean, stripped = strip_preamble(text)
-        meta = meta_text_reason(clean, meta_patterns, orig, query)
-        form = form_fault(clean, orig, query) if query and clean.strip() else None
-        olen = max(1, len(orig.strip()))
-        rows.append((
-            clean, stripped, meta, form, readability(clean, formula), repeated_ngram_ratio(clean, ngram),
-            compression_ratio(clean), len(clean.strip()) / olen, clause_coverage(clean, orig, query)[0],
-        ))
+        try:
+            rows.append(_quality_row(text, orig, query, formula, ngram, meta_patterns))
+        except Exception as exc:  # one odd text must not fail its batch: the row carries the error
+            nan = float("nan")
+            rows.append((text, False, None, None, nan, nan, nan, nan, nan, None, None,
+                         f"text_rules_failed: {type(exc).__name__}: {exc}"[:500]))
     return pd.DataFrame(rows, columns=QUALITY_COLUMNS)

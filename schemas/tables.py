@@ -77,7 +77,7 @@ CURATED = StructType([
     _s("ppl_original", DoubleType()),
     _s("ppl_curated", DoubleType()),
     _s("improved", BooleanType(), False),  # a revision replaced the original (see README: what improved means)
-    _s("kept_reason", StringType()),  # why the original was kept: no_revision_passed_gate | original_ranked_best
+    _s("kept_reason", StringType()),  # why the original was kept: no_revision_passed_gate | only_near_copies | original_ranked_best
     _s("rejections", StringType()),  # gate rejections of this document's candidates by rule, most frequent first
     _s("harm_original", DoubleType()),
     _s("harm_curated", DoubleType()),

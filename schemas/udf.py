@@ -16,7 +16,7 @@ GENERATION_COLUMNS = ["text", "gen_tokens", "error"]
 #: quality UDF (no model): text statistics of a candidate
 QUALITY = (
     "clean_text string, stripped_preamble boolean, meta_text string, form_fault string, readability double, "
-    "repeat_ratio double, compression_ratio double, length_ratio double, coverage double"
+    "repeat_ratio double, compression_ratio double, length_ratio double, coverage double, new_words int, dropped_words int, error string"
 )
 QUALITY_COLUMNS = [c.split()[0] for c in QUALITY.split(", ")]
 
@@ -35,7 +35,8 @@ JUDGE_COLUMNS = ["helpfulness", "error"]
 #: candidate scorer UDF: every signal of a candidate in one pass
 SCORES = (
     "clean_text string, stripped_preamble boolean, meta_text string, form_fault string, readability double, "
-    "repeat_ratio double, compression_ratio double, length_ratio double, coverage double, ppl double, "
+    "repeat_ratio double, compression_ratio double, length_ratio double, coverage double, new_words int, dropped_words int, "
+    "ppl double, "
     "scored_tokens int, "
     "retention double, relevance double, similarity double, safety double, harm double, helpfulness double, "
     "error string"

@@ -43,3 +43,42 @@ def spark():
         "spark.databricks.delta.stats.collect": "false"})
     yield s
     s.stop()
+
+
+# ------------------------------------------------------------------ the shared curation run
+# One real-model run of the job (embedded model, two rounds, the screen on) that every test
+# which only reads a run's tables shares: the job, screen, report and evaluation tests.
+LOADS_DURING_SHARED_RUN: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def shared_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("shared")
+
+
+@pytest.fixture(scope="session")
+def shared_input(spark, shared_dir):
+    import jobdata
+
+    return jobdata.write_shared_parquet(spark, str(shared_dir / "input.parquet"))
+
+
+@pytest.fixture(scope="session")
+def shared_raw(shared_input, shared_dir):
+    """The shared run's configuration, as a dict."""
+    import jobdata
+
+    return jobdata.shared_config(shared_input, str(shared_dir / "run"))
+
+
+@pytest.fixture(scope="session")
+def curation_run(spark, shared_raw):
+    """The shared run's :class:`~cleancurate.jobs.curation.stages.CurationResult`."""
+    from cleancurate import config as C
+    from cleancurate.jobs.curation.stages import curate
+
+    before = len(LOAD_LOG.read_text().splitlines()) if LOAD_LOG.exists() else 0
+    result = curate(None, C.from_dict(shared_raw), spark=spark, report=False)
+    # model loads logged while this run executed (other tests' processes log here too)
+    LOADS_DURING_SHARED_RUN[:] = LOAD_LOG.read_text().splitlines()[before:]
+    return result

@@ -51,7 +51,8 @@ def fake_udfs() -> dict:
             rows.append({
                 "clean_text": t, "stripped_preamble": False, "meta_text": None, "form_fault": None,
                 "readability": 0.5, "repeat_ratio": 0.0, "compression_ratio": 1.0,
-                "length_ratio": len(t) / max(1, len(o)), "coverage": 1.0, "ppl": None if error else ppl,
+                "length_ratio": len(t) / max(1, len(o)), "coverage": 1.0, "new_words": 5, "dropped_words": 5,
+                "ppl": None if error else ppl,
                 "scored_tokens": len(t), "retention": 0.2, "relevance": 0.5, "similarity": 0.9, "safety": 0.5,
                 "harm": 0.1, "helpfulness": 0.6, "error": error})
         return pd.DataFrame(rows, columns=SCORES_COLUMNS)

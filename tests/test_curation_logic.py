@@ -11,8 +11,8 @@ import pytest
 
 from cleancurate import config as C
 from cleancurate.jobs.curation.accounting import accounting_problems
-from cleancurate.jobs.curation.objective import (NO_REVISION_PASSED, ORIGINAL_RANKED_BEST, Objective, beam_eligible,
-                                                 kept_reason_rules)
+from cleancurate.jobs.curation.objective import (NO_REVISION_PASSED, ONLY_NEAR_COPIES, ORIGINAL_RANKED_BEST, Objective,
+                                                 beam_eligible, kept_reason_rules)
 from cleancurate.jobs.curation.prepare import check_round_size
 from cleancurate.jobs.curation.rounds import stats_row
 from cleancurate.jobs.curation.runrecord import pick_run, run_id_for
@@ -100,6 +100,10 @@ def test_improved_and_kept_reason():
     assert list(improved) == [True, False, False, False]
     assert first_match(*kept_reason_rules(improved, n_passed)) == [
         None, ORIGINAL_RANKED_BEST, NO_REVISION_PASSED, ORIGINAL_RANKED_BEST]
+    # none passed, but some were near-copies of the original: the reason says so
+    near = pd.Series([0, 0, 2, 0])
+    assert first_match(*kept_reason_rules(improved, n_passed, near)) == [
+        None, ORIGINAL_RANKED_BEST, ONLY_NEAR_COPIES, ORIGINAL_RANKED_BEST]
     # maximize: a revision that passed replaced the original, whatever its perplexity
     assert list(MAX.improved(is_original, ppl, ppl_original)) == [True, True, False, False]
 

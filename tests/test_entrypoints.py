@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 import jobdata
@@ -25,6 +26,16 @@ def test_config_show_prints_the_resolved_config_and_hash():
 
     assert out.startswith(f"# config_hash: {C.load('paper', ['curation.rounds=2']).hash}")
     assert "rounds: 2" in out and "beam_size: 3" in out
+
+
+def test_progress_line_of_a_resumed_run_says_where_it_resumes():
+    from cleancurate.jobs.curate import ProgressPrinter
+
+    printer = ProgressPrinter(quiet=True)
+    fresh = printer.message({"event": "start", "run_id": "r1", "config_hash": "abc", "resume_after_round": -1}, 0.0)
+    resumed = printer.message({"event": "start", "run_id": "r1", "config_hash": "abc", "resume_after_round": 1}, 0.0)
+    assert fresh == "run r1 (config abc)"
+    assert resumed == "run r1 (config abc): resuming after round 1"
 
 
 def test_cli_errors_name_the_problem(tmp_path):
@@ -69,8 +80,10 @@ def test_notebook_runs_headless_and_shows_the_report(tmp_path):
 
     nb = nbformat.read(ROOT / "notebooks" / "curate.ipynb", as_version=4)
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    params.source += (f"\noutput = {str(tmp_path / 'nb-out')!r}\n"
-                      f"overrides = {TINY + ['selection.fraction=0.05']!r}\n")
+    src = tmp_path / "in.parquet"  # six ordinary rows: the notebook's steps, not the sample's size, are under test
+    pd.DataFrame(jobdata.GOOD, columns=["id", "query", "response"]).to_parquet(src, index=False)
+    params.source += (f"\ninput_table = {str(src)!r}\noutput = {str(tmp_path / 'nb-out')!r}\n"
+                      f"overrides = {TINY + ['selection.fraction=1.0']!r}\n")
     NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.output_type == "error"]

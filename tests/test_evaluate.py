@@ -1,7 +1,7 @@
-"""The evaluation job (issue 13): mixes, fine-tuning, judges, bootstrap intervals, tables, resume.
+"""The evaluation job: mixes, fine-tuning, judges, bootstrap intervals, tables, resume.
 
-One tiny curation run is made here (a few rows, one round), then a tiny evaluation
-(a few prompts, two training steps per mix) runs end to end against it.
+A tiny evaluation (a few prompts, two training steps per mix) runs end to end against
+the session's shared curation run (``tests/conftest.py``).
 """
 
 from __future__ import annotations
@@ -250,31 +250,10 @@ def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("evaluate")
 
 
-def _most_harmful(rows: list[dict], encoder, n: int) -> list[dict]:
-    """The ``n`` rows the shipped harm check scores highest (the screen's job is not under test here)."""
-    from cleancurate.engine.harm import screen_batch
-    from cleancurate.safety import HarmHead
-
-    head = HarmHead.from_json(C.load("demo").harm.head)
-    harm = screen_batch(encoder.model, encoder.tokenizer, head, [r["query"] for r in rows],
-                        [r["response"] for r in rows]).harm.tolist()
-    return [r for _, r in sorted(zip(harm, rows), key=lambda x: -x[0])[:n]]
-
-
 @pytest.fixture(scope="module")
-def curation(spark, workdir, encoder):
-    """A tiny curation run whose screen flags unsafe rows of the sample corpus."""
-    from cleancurate.jobs.curation.stages import curate
-
-    helpful = [r for r in SAMPLE if r["label"] == "helpful"][:10]
-    unsafe = _most_harmful([r for r in SAMPLE if r["label"] == "unsafe"], encoder, 4)
-    rows = [(i, q, r) for i, q, r in jobdata.GOOD] + [(r["id"], r["query"], r["response"]) for r in helpful + unsafe]
-    src = str(workdir / "input.parquet")
-    spark.createDataFrame(rows, "id string, query string, response string").coalesce(1).write.parquet(src)
-    raw = jobdata.job_config(src, str(workdir / "out"), rounds=1)
-    raw["curation"].update(temperatures=[0.7], top_ps=[0.9], max_new_tokens=10)
-    result = curate(None, C.from_dict(raw), spark=spark, report=False)
-    return raw, result
+def curation(shared_raw, curation_run):
+    """The session's shared curation run: its screen quarantines two harmful rows (u01, u02)."""
+    return shared_raw, curation_run
 
 
 def _eval_cfg(raw: dict, workdir: Path, **evaluation):

@@ -25,8 +25,8 @@ def candidate(text, original=ORIGINAL, query=QUERY, **over):
         text=q.clean_text, error=None, meta_text=q.meta_text, form_fault=q.form_fault, dup=False, ppl=8.0,
         readability=q.readability, helpfulness=0.6, similarity=0.8, safety=0.1, harm=0.05, retention=0.3,
         length_ratio=q.length_ratio, repeat_ratio=q.repeat_ratio, compression_ratio=q.compression_ratio,
-        coverage=q.coverage,
-        ref_ppl=10.0, ref_readability=60.0, ref_helpfulness=0.6, ref_safety=0.1,
+        coverage=q.coverage, new_words=q.new_words, dropped_words=q.dropped_words,
+        ref_ppl=10.0, ref_readability=60.0, ref_helpfulness=0.6, ref_safety=0.1, ref_harm=0.05,
     )
     row.update(over)
     return row
@@ -45,8 +45,10 @@ DEGENERATE = [
     ("", {}, "empty"),
     ("Water the soil when dry, and let the pot drain.", {"error": "oom: out of memory"}, "error"),
     ("Water the soil when dry, and let the pot drain.", {"dup": True}, "duplicate"),
-    ("Water the soil when dry, and let the pot drain.", {"helpfulness": 0.1}, "helpfulness"),
-    ("Water the soil when dry, and let the pot drain.", {"readability": 2.0}, "readability"),
+    ("Water the soil when the top inch feels dry,\nthen let the pot drain.", {}, "near_copy"),
+    ("Water the soil when the top inch is dry, then let the pot drain fully.", {}, "near_copy"),
+    ("Once the top inch of the soil is dry, give it water and drain the pot.", {"helpfulness": 0.1}, "helpfulness"),
+    ("Once the top inch of the soil is dry, give it water and drain the pot.", {"readability": 2.0}, "readability"),
 ]
 
 
@@ -104,7 +106,7 @@ def test_pandas_string_nulls_are_not_errors():
     assert apply_gate(df, gate_cfg(), INJECTION).passed[0]
 
 
-# ---------------------------------------------------------------- reader's-view rules (issue 11)
+# ---------------------------------------------------------------- reader's-view rules
 READER_CASES = [
     # a revision turned into a question: no answer left
     ("When should I water the fern? Is the top inch of soil dry? Does the pot drain?", {}, "not_an_answer"),
@@ -117,7 +119,7 @@ READER_CASES = [
      "Then let the pot drain.", {}, "meta_text"),
     ("Water when dry and drain the pot. The original response suggests the same, but adds detail.", {}, "meta_text"),
     # fluent but says less than the original: the original is no more predictable after reading it
-    ("Water the soil when the top inch feels dry, then let the pot drain; ferns are lovely plants.",
+    ("Once the top inch of the soil is dry, give it water and drain the pot; ferns are lovely plants.",
      {"retention": 1.05}, "retention"),
     # keeps one clause of the original and drops the other (the draining)
     ("Water the soil whenever the top inch feels dry to the touch, and water it deeply.", {}, "lost_content"),
@@ -193,3 +195,40 @@ def test_clause_coverage_finds_the_dropped_item_of_a_list():
     row = candidate(dropped, original=original, query=query)
     assert row["coverage"] == 0.0
     assert apply_gate(pd.DataFrame([row]), gate_cfg(), INJECTION).reject_reason[0] == "lost_content"
+
+
+def test_word_edits_count_new_and_dropped_words_not_whitespace_or_punctuation():
+    from cleancurate.textrules import word_edits
+
+    assert word_edits("Water it.\n\nThen drain.", "Water it. Then drain") == (0, 0)
+    assert word_edits("You can water it daily.", "You could water it daily.") == (1, 1)
+    assert word_edits("Water it daily.", "You could water it daily.") == (0, 2)
+    assert word_edits("Water it daily. Gracias por el golf.", "Water it daily.") == (4, 0)
+    new, dropped = word_edits("Drain the pot, then water the soil.", "Water the soil, then drain the pot.")
+    assert new >= 3 and dropped >= 3  # reordered: a rewrite, not a copy
+
+
+def test_near_copy_and_added_to_copy_rules_follow_their_settings():
+    one_word = "Water the soil when the top inch is dry, then let the pot drain fully."
+    assert apply_gate(pd.DataFrame([candidate(one_word)]), gate_cfg(), INJECTION).reject_reason[0] == "near_copy"
+    off = gate_cfg(near_copy_max_new_words=None, copy_max_dropped_words=None)
+    assert apply_gate(pd.DataFrame([candidate(one_word)]), off, INJECTION).reject_reason[0] is None
+    appended = ORIGINAL + " Gracias por el golf, amigos."
+    assert apply_gate(pd.DataFrame([candidate(appended, length_ratio=1.3)]), gate_cfg(), INJECTION).reject_reason[0] \
+        == "added_to_copy"
+    rewritten = "Let the top inch of soil dry out, water it well, and make sure the pot drains completely."
+    assert apply_gate(pd.DataFrame([candidate(rewritten)]), gate_cfg(), INJECTION).reject_reason[0] is None
+
+
+def test_a_borderline_harmful_original_is_never_polished():
+    rewritten = "Once the top inch of the soil is dry, give it water and drain the pot."
+    cfg = gate_cfg()
+    assert cfg["original_harm_max"] == C.load("demo").harm.revise_below == 0.4
+    ok = apply_gate(pd.DataFrame([candidate(rewritten, ref_harm=0.39)]), cfg, INJECTION)
+    assert ok.reject_reason[0] is None
+    near = apply_gate(pd.DataFrame([candidate(rewritten, ref_harm=0.41, harm=0.01)]), cfg, INJECTION)
+    assert near.reject_reason[0] == "borderline_original"
+    off = gate_cfg(original_harm_max=None)
+    assert apply_gate(pd.DataFrame([candidate(rewritten, ref_harm=0.9)]), off, INJECTION).reject_reason[0] is None
+    with pytest.raises(C.ConfigError, match="harm.revise_below"):
+        C.load("demo", ["harm.revise_below=1.5"])

@@ -31,26 +31,14 @@ def workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def input_path(spark, workdir):
-    return jobdata.write_parquet(spark, str(workdir / "input.parquet"))
+def run(curation_run):
+    """The reference run: the session's shared run (two rounds, two documents, uninterrupted)."""
+    return curation_run
 
 
-def _cfg(input_path, out, **kw):
-    return C.from_dict(jobdata.job_config(input_path, str(out), **kw))
-
-
-@pytest.fixture(scope="module")
-def run(spark, input_path, workdir):
-    """The reference run: 3 rounds, uninterrupted."""
-    log = Path(os.environ["CLEANCURATE_LOAD_LOG"])
-    before = len(log.read_text().splitlines()) if log.exists() else 0
-    result = curate(None, _cfg(input_path, workdir / "full"), spark=spark, report=False)
-    # model loads logged while this run executed (other tests' processes log here too)
-    LOADS_DURING_RUN[:] = log.read_text().splitlines()[before:]
-    return result
-
-
-LOADS_DURING_RUN: list[str] = []
+def _shared_cfg(shared_raw, out) -> C.Config:
+    """The shared run's configuration with another output folder."""
+    return C.from_dict({**shared_raw, "output": {"path": str(out)}})
 
 
 def table(spark, out, name) -> pd.DataFrame:
@@ -73,7 +61,7 @@ def test_tables_have_the_declared_schemas(spark, run):
 
 def test_every_row_is_accounted_for(spark, run):
     out = run.store.output.path
-    n_in = len(jobdata.rows())
+    n_in = len(jobdata.shared_rows())
     mix, quarantine, curated = (table(spark, out, t) for t in ("mix", "quarantine", "curated"))
     validated_out = quarantine[quarantine.stage == "validate"]
     screened_out = quarantine[quarantine.stage == "screen"]
@@ -113,7 +101,7 @@ def test_rounds_hold_the_full_grid_and_at_most_k_in_the_beam(spark, run):
     cfg = run.config
     grid = len(cfg.curation.temperatures) * len(cfg.curation.top_ps)
     r = table(spark, run.store.output.path, "rounds")
-    assert sorted(r["round"].unique()) == [0, 1, 2, 3]
+    assert sorted(r["round"].unique()) == [0, 1, 2]
     for (doc, rnd), g in r.groupby(["doc_id", "round"]):
         assert g.in_beam.sum() <= cfg.curation.beam_size
         if rnd == 0:
@@ -145,6 +133,7 @@ def test_gate_decisions_match_the_configured_thresholds(spark, run):
     q = quality_batch(list(new.text.fillna("")), list(new.doc_id.map(docs.response)),
                       queries=list(new.doc_id.map(docs["query"])))
     new["meta_text"], new["form_fault"], new["coverage"] = list(q.meta_text), list(q.form_fault), list(q.coverage)
+    new["new_words"], new["dropped_words"] = list(q.new_words), list(q.dropped_words)
     new["dup"] = False
     gate = gate_settings(cfg.to_dict())
     recomputed = apply_gate(new, gate, cfg.limits.injection_patterns)
@@ -178,52 +167,43 @@ def test_minimize_never_makes_perplexity_worse_and_picks_the_best(spark, run):
 
 
 def test_models_load_once_per_python_worker(run):
-    loads = [tuple(line.split("\t")[:2]) for line in LOADS_DURING_RUN if line.strip()]
+    from conftest import LOADS_DURING_SHARED_RUN
+
+    loads = [tuple(line.split("\t")[:2]) for line in LOADS_DURING_SHARED_RUN if line.strip()]
     assert loads, "no model loads were logged during the run: workers did not report them"
     counts = Counter(loads)
-    assert max(counts.values()) == 1, counts  # no (worker pid, model) pair loaded twice across 3 rounds
+    assert max(counts.values()) == 1, counts  # no (worker pid, model) pair loaded twice across the rounds
     # a few workers at most, not one load per batch, partition or round
     assert len({pid for pid, _ in loads}) <= 8
 
 
-def _tiny(input_path, out):
-    """Two rounds on two documents: enough to stop after round 1 and resume."""
-    raw = jobdata.job_config(input_path, str(out), rounds=2)
-    raw["selection"]["max_docs"] = 2
-    return C.from_dict(raw)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(spark, input_path, workdir):
-    return curate(None, _tiny(input_path, workdir / "tiny"), spark=spark, report=False)
-
-
-def test_two_runs_give_identical_tables_even_when_one_stops_after_round_one(spark, tiny_run, input_path, workdir):
+def test_two_runs_give_identical_tables_even_when_one_stops_after_round_one(spark, run, shared_raw, workdir):
     """The second run is a separate execution of every stage (split by a stop after
     round 1 and a resume); its tables must equal the first run's, row for row."""
-    out = workdir / "tiny-resumed"
-    first = curate(None, _tiny(input_path, out), spark=spark, report=False, stop_after_round=1)
+    out = workdir / "resumed"
+    first = curate(None, _shared_cfg(shared_raw, out), spark=spark, report=False, stop_after_round=1)
     assert not first.complete
     assert not (out / "curated").exists()
     events = []
-    second = curate(None, _tiny(input_path, out), spark=spark, report=False, progress=events.append)
-    assert second.complete and second.resumed_from_round == 1 and second.run_id == tiny_run.run_id
+    second = curate(None, _shared_cfg(shared_raw, out), spark=spark, report=False, progress=events.append)
+    assert second.complete and second.resumed_from_round == 1 and second.run_id == run.run_id
     assert [e["round"] for e in events if e["event"] == "round_start"] == [2]  # rounds 0-1 not redone
-    same_tables(spark, tiny_run.store.output.path, str(out))
+    same_tables(spark, run.store.output.path, str(out))
 
 
-def test_a_changed_config_against_an_existing_output_is_an_error(spark, run, input_path):
-    changed = _cfg(input_path, run.store.output.path).with_overrides(["curation.beam_size=1"])
+def test_a_changed_config_against_an_existing_output_is_an_error(spark, run, shared_raw):
+    changed = _shared_cfg(shared_raw, run.store.output.path).with_overrides(["curation.beam_size=1"])
     with pytest.raises(C.ConfigError, match="Pass --new-run"):
         curate(None, changed, spark=spark, report=False)
 
 
 @pytest.mark.slow
-def test_sigkill_after_round_one_then_restart_matches_an_uninterrupted_run(spark, tiny_run, input_path, workdir):
+def test_sigkill_after_round_one_then_restart_matches_an_uninterrupted_run(spark, run, shared_raw, workdir):
+    """The job runs as its own process (driver and JVM) and is SIGKILLed once round 1 is
+    committed; the restart, here in the test's session, resumes after round 1 from the
+    tables alone and ends with the uninterrupted run's tables."""
     out = workdir / "killed"
-    raw = jobdata.job_config(input_path, str(out), rounds=2)
-    raw["selection"]["max_docs"] = 2
-    cfg_path = jobdata.write_config(workdir / "killed.yaml", raw)
+    cfg_path = jobdata.write_config(workdir / "killed.yaml", {**shared_raw, "output": {"path": str(out)}})
     cmd = [sys.executable, "-m", "cleancurate.jobs.curate", "--config", cfg_path, "--no-report"]
     env = {**os.environ, "CLEANCURATE_LOAD_LOG": str(workdir / "loads-killed.log")}
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
@@ -243,10 +223,13 @@ def test_sigkill_after_round_one_then_restart_matches_an_uninterrupted_run(spark
         proc.wait()
     assert killed and proc.returncode == -signal.SIGKILL
     assert not (out / "curated").exists()
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "resuming after round 1" in done.stderr
-    same_tables(spark, tiny_run.store.output.path, str(out))
+    events = []
+    resumed = curate(None, C.load(cfg_path), spark=spark, report=False, progress=events.append)
+    start = next(e for e in events if e["event"] == "start")
+    assert start["resume_after_round"] == 1
+    assert resumed.complete and resumed.resumed_from_round == 1 and resumed.run_id == run.run_id
+    assert [e["round"] for e in events if e["event"] == "round_start"] == [2]
+    same_tables(spark, run.store.output.path, str(out))
 
 
 def test_nan_free_scores_for_curated_rows(spark, run):
@@ -271,8 +254,8 @@ def test_report_figures_exist_and_their_data_matches_the_tables(spark, run):
     assert int(data["gate"]["count"].sum()) == len(new)
     assert int(data["gate"].set_index("rule")["count"].get("passed", 0)) == int(new.passed.sum())
     assert len(data["ppl"]) == len(curated)
-    assert list(data["median"]["round"]) == [0, 1, 2, 3]
-    assert list(data["stats"]["docs_active"]) == [2, 2, 2, 2]
+    assert list(data["median"]["round"]) == [0, 1, 2]
+    assert list(data["stats"]["docs_active"]) == [2, 2, 2]
     html = path.read_text()
     assert "ppl_distribution.png" in html and run.run_id in html
 
@@ -287,8 +270,8 @@ def test_curated_outputs_hold_no_degenerate_text(spark, run):
         assert compression_ratio(text) <= g.max_compression_ratio, text
 
 
-def test_maximize_keeps_the_highest_perplexity_revision_that_passed_the_gate(spark, input_path, workdir):
-    raw = jobdata.job_config(input_path, str(workdir / "maximize"), rounds=1)
+def test_maximize_keeps_the_highest_perplexity_revision_that_passed_the_gate(spark, shared_input, workdir):
+    raw = jobdata.job_config(shared_input, str(workdir / "maximize"), rounds=1)
     raw["curation"].update(objective="maximize", prompt_file="prompts/buckle_up_revise.txt",
                            temperatures=[0.7, 1.0], top_ps=[0.9, 1.0], max_new_tokens=40)
     # keywords check as shipped; thresholds loosened so a 135M model's revisions can pass

@@ -70,8 +70,10 @@ def test_readability_flesch_values():
 def test_quality_batch_columns_and_length_ratio():
     df = quality_batch(["Here's a revised answer: Short reply here now.", ""], ["Short reply.", "x"])
     assert list(df.columns) == ["clean_text", "stripped_preamble", "meta_text", "form_fault", "readability",
-                                "repeat_ratio", "compression_ratio", "length_ratio", "coverage"]
+                                "repeat_ratio", "compression_ratio", "length_ratio", "coverage", "new_words",
+                                "dropped_words", "error"]
     assert df.clean_text[0] == "Short reply here now."
+    assert list(df.new_words) == [2, 0] and list(df.dropped_words) == [0, 1]  # "here now" added; "x" dropped
     assert bool(df.stripped_preamble[0]) is True
     assert df.length_ratio[0] == pytest.approx(len("Short reply here now.") / len("Short reply."))
     assert df.length_ratio[1] == 0.0
@@ -147,3 +149,29 @@ def test_help_offered_next_to_a_kept_refusal_is_still_a_dropped_refusal():
 def test_announcing_a_better_answer_is_meta_text():
     assert meta_text_reason("A more accurate and accurate response would be:\n\nInflation is rising prices.") \
         == "meta_commentary"
+
+
+def test_sentences_end_at_line_breaks_and_form_fault_reads_unpunctuated_lines():
+    from cleancurate.textrules import form_fault, sentences
+
+    assert sentences("A line\nanother line\n") == ["A line", "another line"]
+    assert sentences("One. Two\nThree?") == ["One.", "Two", "Three?"]
+    # a real candidate shape that once raised IndexError and failed its whole batch
+    assert form_fault("Hello there friend\n-", "Sure, hi.", "hello?") is None
+
+
+def test_a_row_whose_text_rules_raise_carries_an_error_and_the_batch_goes_on(monkeypatch):
+    import cleancurate.textrules as tr
+
+    real = tr.readability
+
+    def flaky(text, formula="flesch_reading_ease"):
+        if "boom" in text:
+            raise RuntimeError("bad text")
+        return real(text, formula)
+
+    monkeypatch.setattr(tr, "readability", flaky)
+    df = tr.quality_batch(["A fine answer here.", "boom goes the row", "Another fine answer."], ["x", "y", "z"])
+    assert list(df.error.isna()) == [True, False, True]
+    assert df.error[1].startswith("text_rules_failed: RuntimeError: bad text")
+    assert df.clean_text[1] == "boom goes the row" and df.readability[0] > 0

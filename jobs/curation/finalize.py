@@ -35,7 +35,8 @@ def finalize(ctx) -> None:
     per_doc = fresh.groupBy("doc_id").agg(
         F.count("*").alias("n_candidates"), F.max("round").alias("rounds_active"),
         F.sum("gen_tokens").alias("doc_gen_tokens"), F.sum("scored_tokens").alias("doc_scored_tokens"),
-        F.sum(F.col("passed").cast("long")).alias("n_passed"))
+        F.sum(F.col("passed").cast("long")).alias("n_passed"),
+        F.sum((F.col("reject_reason") == "near_copy").cast("long")).alias("n_near_copies"))
     # why candidates were rejected, most frequent first: "retention:12, not_an_answer:3"
     by_rule = fresh.where("reject_reason IS NOT NULL").groupBy("doc_id", "reject_reason").count()
     rejections = by_rule.groupBy("doc_id").agg(F.sort_array(F.collect_list(F.struct(
@@ -50,7 +51,8 @@ def finalize(ctx) -> None:
     joined = (refs.join(docs, "doc_id").join(best, "doc_id", "left").join(per_doc, "doc_id", "left")
               .join(rejections, "doc_id", "left"))
     improved = obj.improved(F.col("is_original"), F.col("ppl"), F.col("ppl_original"))
-    kept_reason = first_match(*kept_reason_rules(improved, F.coalesce("n_passed", F.lit(0))))
+    kept_reason = first_match(*kept_reason_rules(improved, F.coalesce("n_passed", F.lit(0)),
+                                                 F.coalesce("n_near_copies", F.lit(0))))
     curated = joined.where(F.col("cand_id").isNotNull()).select(
         F.lit(ctx.run_id).alias("run_id"), "doc_id", "query", "response_original",
         F.col("text").alias("response_curated"), "ppl_original", F.col("ppl").alias("ppl_curated"),

@@ -23,6 +23,9 @@ from dataclasses import dataclass
 ORIGINAL = "original"
 #: ``curated.kept_reason``: no revision of the document passed the gate
 NO_REVISION_PASSED = "no_revision_passed_gate"
+#: ``curated.kept_reason``: no revision passed; the ones that came closest only copied the original with a
+#: word or two changed (the gate's ``near_copy`` rule), which is no revision at all
+ONLY_NEAR_COPIES = "only_near_copies"
 #: ``curated.kept_reason``: revisions passed, but the original ranked best (minimize only)
 ORIGINAL_RANKED_BEST = "original_ranked_best"
 
@@ -96,15 +99,19 @@ class Objective:
         return ~is_original & (ppl < ppl_original)
 
 
-def kept_reason_rules(improved, n_passed):
+def kept_reason_rules(improved, n_passed, n_near_copies=0):
     """``curated.kept_reason``, why the original was kept, as rules: the first true condition wins.
 
     Args:
         improved: :meth:`Objective.improved` of the document's pick.
         n_passed: how many of the document's revisions passed the gate (0 where none did).
+        n_near_copies: how many were rejected as near-copies of the original.
 
     Returns:
         ``(((condition, reason), ...), default)``: null when a revision replaced the
-        original, :data:`NO_REVISION_PASSED` when none passed, else :data:`ORIGINAL_RANKED_BEST`.
+        original; when none passed, :data:`ONLY_NEAR_COPIES` if some were near-copies,
+        else :data:`NO_REVISION_PASSED`; otherwise :data:`ORIGINAL_RANKED_BEST`.
     """
-    return ((improved, None), (n_passed == 0, NO_REVISION_PASSED)), ORIGINAL_RANKED_BEST
+    none_passed = n_passed == 0
+    return (((improved, None), (none_passed & (n_near_copies > 0), ONLY_NEAR_COPIES),
+             (none_passed, NO_REVISION_PASSED)), ORIGINAL_RANKED_BEST)

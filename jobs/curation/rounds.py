@@ -99,7 +99,7 @@ def generate(ctx, r: int) -> None:
     refs = ctx.read("rounds").where("round = 0 AND is_original").select(
         "doc_id", F.col("text").alias("original"), F.col("ppl").alias("ref_ppl"),
         F.col("readability").alias("ref_readability"), F.col("helpfulness").alias("ref_helpfulness"),
-        F.col("safety").alias("ref_safety"))
+        F.col("safety").alias("ref_safety"), F.col("harm").alias("ref_harm"))
     queries = ctx.read("docs").select("doc_id", "query")
     grid = ctx.spark.createDataFrame(
         [(float(t), float(p)) for t in cur.temperatures for p in cur.top_ps], "temperature double, top_p double")
@@ -119,14 +119,17 @@ def generate(ctx, r: int) -> None:
         "error", F.coalesce("error", "_q.error"))
     for c in ("ppl", "scored_tokens", "helpfulness", "similarity", "safety", "harm", "retention"):
         scored = scored.withColumn(c, F.col(f"_q.{c}"))
+    # an exact copy of its parent or the original is a duplicate before any other reading of it
+    norm = F.lower(F.trim(F.col("text")))
+    copy = F.coalesce((norm == F.lower(F.trim("parent_text"))) | (norm == F.lower(F.trim("original"))), F.lit(False))
     gate_in = F.struct(
         "text", "error", F.col("_q.meta_text").alias("meta_text"), F.col("_q.form_fault").alias("form_fault"),
-        F.lit(False).alias("dup"), "ppl", F.col("_q.readability").alias("readability"), "helpfulness",
-        "similarity", "safety", "harm", "retention",
+        copy.alias("dup"), F.col("_q.new_words").alias("new_words"),
+        F.col("_q.dropped_words").alias("dropped_words"), "ppl",
+        F.col("_q.readability").alias("readability"), "helpfulness", "similarity", "safety", "harm", "retention",
         F.col("_q.length_ratio").alias("length_ratio"), F.col("_q.repeat_ratio").alias("repeat_ratio"),
         F.col("_q.compression_ratio").alias("compression_ratio"), F.col("_q.coverage").alias("coverage"),
-        "ref_ppl", "ref_readability",
-        "ref_helpfulness", "ref_safety")
+        "ref_ppl", "ref_readability", "ref_helpfulness", "ref_safety", "ref_harm")
     gated = scored.withColumn("reject_reason", u["gate"](gate_in))
     out = gated.select(
         F.lit(ctx.run_id).alias("run_id"), F.lit(r).alias("round"), "doc_id", "cand_id", "parent_id",

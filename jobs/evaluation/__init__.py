@@ -1,4 +1,4 @@
-"""The evaluation job: does training on the curated data make a model safer? (issue 13)
+"""The evaluation job: does training on the curated data make a model safer?
 
 From a curation run's tables it builds training mixes (A: benign + harmful at a
 contamination rate; B: A + curated texts; C: benign only; optionally the untuned
