@@ -125,7 +125,7 @@ def test_gate_decisions_match_the_configured_thresholds(spark, run):
     new = r[(r["round"] > 0) & ~r.carried].copy()
     assert len(new) > 0
     for col, src in (("ref_ppl", "ppl"), ("ref_readability", "readability"),
-                     ("ref_helpfulness", "helpfulness"), ("ref_safety", "safety")):
+                     ("ref_helpfulness", "helpfulness"), ("ref_safety", "safety"), ("ref_harm", "harm")):
         new[col] = new.doc_id.map(refs[src])
     from cleancurate.textrules import quality_batch
 
