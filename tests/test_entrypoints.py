@@ -54,7 +54,8 @@ def test_spark_submit_runs_the_job_and_writes_the_tables(spark, tmp_path):
     src = jobdata.write_parquet(spark, str(tmp_path / "in.parquet"))
     out = tmp_path / "out"
     cmd = [str(BIN / "spark-submit"), "--master", "local[2]", "--packages", delta_maven_coordinate(),
-           "--driver-memory", "2g", "--conf", "spark.sql.shuffle.partitions=2",
+           "--driver-memory", "2g", "--conf", "spark.sql.shuffle.partitions=1",
+           "--conf", "spark.sql.adaptive.enabled=false", "--conf", "spark.databricks.delta.stats.collect=false",
            "--conf", "spark.databricks.delta.snapshotPartitions=2", "--conf", "spark.ui.enabled=false",
            "jobs/curate.py", "--config", "demo", "--input", src, "--output", str(out),
            "--set", "input.duplicate_ids=drop", "--set", "selection.fraction=1.0",
@@ -82,8 +83,10 @@ def test_notebook_runs_headless_and_shows_the_report(tmp_path):
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     src = tmp_path / "in.parquet"  # six ordinary rows: the notebook's steps, not the sample's size, are under test
     pd.DataFrame(jobdata.GOOD, columns=["id", "query", "response"]).to_parquet(src, index=False)
+    fast = ["spark.conf={'spark.sql.shuffle.partitions': '1', 'spark.sql.adaptive.enabled': 'false', "
+            "'spark.databricks.delta.stats.collect': 'false'}"]  # tiny data: the test session's settings
     params.source += (f"\ninput_table = {str(src)!r}\noutput = {str(tmp_path / 'nb-out')!r}\n"
-                      f"overrides = {TINY + ['selection.fraction=1.0']!r}\n")
+                      f"overrides = {TINY + ['selection.fraction=1.0'] + fast!r}\n")
     NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.output_type == "error"]
