@@ -62,7 +62,6 @@ def generate(args) -> None:
     import pandas as pd
 
     from cleancurate import curate
-    from cleancurate.session import get_spark
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -72,25 +71,10 @@ def generate(args) -> None:
     overrides = [f"input.path={corpus}", f"output.path={work / 'out'}", "selection.fraction=1.0",
                  "curation.early_stop=false"] + list(args.set or [])
     result = curate(None, "demo", overrides=overrides, report=False)
-    spark = get_spark()
-    cands = (result.table("candidates").where("NOT is_original AND NOT carried AND text IS NOT NULL")
-             .select("doc_id", "cand_id", "round", "temperature", "top_p", "text", "passed", "reject_reason",
-                     "ppl", "retention", "similarity", "harm").toPandas())
-    by_id = {d["id"]: d for d in docs}
-    n = 0
-    with open(work / "candidates.jsonl", "w", encoding="utf-8") as fh:
-        for r in cands.sort_values(["doc_id", "round", "cand_id"]).to_dict("records"):
-            d = by_id[r["doc_id"]]
-            row = {"doc_id": r["doc_id"], "cand_id": r["cand_id"], "round": int(r["round"]),
-                   "split": split_of(r["doc_id"]), "source": "hh-rlhf", "variant": f"demo_t{r['temperature']}_p{r['top_p']}",
-                   "query": d["query"], "original": d["response"], "candidate": r["text"],
-                   "passed": bool(r["passed"]), "reject_reason": r["reject_reason"]}
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-            n += 1
+    n = write_candidates(work, docs)
     q = result.table("quarantine").select("doc_id", "stage", "reason").toPandas()
     q.to_json(work / "quarantine.jsonl", orient="records", lines=True)
     print(json.dumps({"docs": len(docs), "candidates": n, "quarantined": len(q), "run_id": result.run_id}))
-    del spark
 
 
 def read_delta(table: Path):
@@ -115,29 +99,40 @@ def read_delta(table: Path):
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
-def export(args) -> None:
-    """Write ``candidates.jsonl`` from the run's ``candidates`` table (no Spark; rounds committed so far)."""
-    work = Path(args.work)
-    docs = {d["id"]: d for d in pick_docs(args.docs)}
+def write_candidates(work: Path, docs: list[dict]) -> int:
+    """Write ``candidates.jsonl``: every generated candidate in ``work/out`` with its gate verdict (no Spark)."""
+    by_id = {d["id"]: d for d in docs}
     cands = read_delta(work / "out" / "candidates")
     cands["round"] = cands["round"].astype(int)
     cands = cands[(cands["round"] > 0) & ~cands.is_original & ~cands.carried & cands.text.notna()]
-    n = 0
     with open(work / "candidates.jsonl", "w", encoding="utf-8") as fh:
         for r in cands.sort_values(["doc_id", "round", "cand_id"]).to_dict("records"):
-            d = docs[r["doc_id"]]
+            d = by_id[r["doc_id"]]
             row = {"doc_id": r["doc_id"], "cand_id": r["cand_id"], "round": int(r["round"]),
                    "split": split_of(r["doc_id"]), "source": "hh-rlhf",
                    "variant": f"demo_t{r['temperature']}_p{r['top_p']}", "query": d["query"],
                    "original": d["response"], "candidate": r["text"], "passed": bool(r["passed"]),
                    "reject_reason": r["reject_reason"]}
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-            n += 1
-    print(json.dumps({"candidates": n, "rounds": sorted(cands["round"].unique().tolist())}))
+    return len(cands)
+
+
+def export(args) -> None:
+    """Write ``candidates.jsonl`` from the run's ``candidates`` table (the rounds committed so far)."""
+    n = write_candidates(Path(args.work), pick_docs(args.docs))
+    print(json.dumps({"candidates": n}))
 
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(x) for x in Path(path).read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
+def write_blind(path: Path, rows: list[dict]) -> None:
+    """What a reader sees of each candidate: its key, query, original and candidate; no score, no verdict."""
+    with open(path, "w", encoding="utf-8") as fh:
+        for r in rows:
+            fh.write(json.dumps({"key": key_of(r), "query": r["query"], "original": r["original"],
+                                 "candidate": r["candidate"]}, ensure_ascii=False) + "\n")
 
 
 def blind(args) -> None:
@@ -155,16 +150,9 @@ def blind(args) -> None:
     chosen = test + dev_pass + dev_rej
     rng.shuffle(chosen)
     for i in range(0, len(chosen), args.chunk):
-        with open(out / f"{args.prefix}-{i // args.chunk:02d}.jsonl", "w", encoding="utf-8") as fh:
-            for r in chosen[i:i + args.chunk]:
-                fh.write(json.dumps({"key": key_of(r), "query": r["query"], "original": r["original"],
-                                     "candidate": r["candidate"]}, ensure_ascii=False) + "\n")
+        write_blind(out / f"{args.prefix}-{i // args.chunk:02d}.jsonl", chosen[i:i + args.chunk])
     if args.second:
-        second = rng.sample(chosen, min(args.second, len(chosen)))
-        with open(work / f"second-{args.prefix}.jsonl", "w", encoding="utf-8") as fh:
-            for r in second:
-                fh.write(json.dumps({"key": key_of(r), "query": r["query"], "original": r["original"],
-                                     "candidate": r["candidate"]}, ensure_ascii=False) + "\n")
+        write_blind(work / f"second-{args.prefix}.jsonl", rng.sample(chosen, min(args.second, len(chosen))))
     print(json.dumps({"to_label": len(chosen), "test": len(test), "dev_pass": len(dev_pass),
                       "dev_reject_sample": len(dev_rej), "chunks": (len(chosen) + args.chunk - 1) // args.chunk,
                       "second_reader": args.second}))

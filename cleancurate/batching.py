@@ -117,13 +117,14 @@ def error_text(exc: BaseException, limit: int = 300) -> str:
 _GIB = 1024**3
 
 
-def _text_config(config):
+def text_config(config):
+    """The text part of a model config (a multimodal config holds it inside; a plain one is it)."""
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
 def kv_bytes_per_token(config, dtype_bytes: int = 2) -> int:
     """Bytes of KV cache one token takes in every layer (keys and values)."""
-    cfg = _text_config(config)
+    cfg = text_config(config)
     heads = cfg.num_attention_heads
     kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
@@ -163,7 +164,7 @@ def generation_sizes(
     dtype_bytes = next(model.parameters()).element_size()
     per_token = kv_bytes_per_token(model.config, dtype_bytes)
     row_tokens = prompt_tokens + max_new_tokens
-    per_row = per_token * row_tokens + 6 * 4 * _text_config(model.config).vocab_size
+    per_row = per_token * row_tokens + 6 * 4 * text_config(model.config).vocab_size
     rows = max(1, min(max_rows, usable // per_row))
     if rows >= 8:
         rows -= rows % 8
@@ -183,7 +184,7 @@ def scoring_token_budget(model, *, fraction: float = 0.8, reserve_gib: float = 4
     if got is None:
         return None
     usable, _ = got
-    cfg = _text_config(model.config)
+    cfg = text_config(model.config)
     dtype_bytes = next(model.parameters()).element_size()
     inter = getattr(cfg, "intermediate_size", 4 * cfg.hidden_size)
     logits_chunk = 4096 * cfg.vocab_size * (2 + 4 + 4 + 4)  # bf16 logits, float32 copy, softmax, grad-free workspace

@@ -14,7 +14,7 @@ Rules, in order (a candidate is checked against each until one fails):
                     response:" with nothing standing alone after it, "Revised
                     answer:" labels, "Let's revise this response ...")
 ``injection``       contains an instruction-override phrase
-``harmful``         the harm head scores the (query, candidate) at or above
+``harmful``         the configured harm check scores the (query, candidate) at or above
                     ``harm.gate_threshold``, whatever the original was
 ``borderline_original`` the check scores the original at or above
                     ``harm.revise_below`` (below the screen's threshold): text
@@ -55,8 +55,8 @@ from typing import Any
 import pandas as pd
 
 RULES = (
-    "error", "empty", "echo", "meta_text", "injection", "harmful", "borderline_original", "duplicate", "repetition", "compression",
-    "refusal_dropped", "not_an_answer", "length_ratio", "similarity", "lost_content", "near_copy", "added_to_copy",
+    "error", "empty", "echo", "meta_text", "injection", "harmful", "borderline_original", "duplicate", "repetition",
+    "compression", "refusal_dropped", "not_an_answer", "length_ratio", "similarity", "lost_content", "near_copy", "added_to_copy",
     "retention", "readability", "helpfulness", "ppl_ceiling", "safety",
 )
 _ECHO = {"echoed_delimiter", "echoed_chat_marker", "echoed_instruction", "echoed_query"}
@@ -76,10 +76,11 @@ def gate_settings(cfg: dict) -> dict:
     than the screen's: a false alarm here only keeps the original); None when the
     configured backend has nothing to score with (no head, no guard model: the rule is off).
     """
+    from cleancurate.engine.harm import backend
+
     harm = cfg.get("harm") or {}
     threshold = harm.get("gate_threshold", harm.get("threshold"))
-    guard = (harm.get("backend") or "head") == "guard"
-    on = bool(harm.get("guard_model")) if guard else bool(harm.get("head"))
+    on = backend(cfg) is not None
     return {**cfg["gate"], "harm_threshold": threshold if on else None,
             "original_harm_max": harm.get("revise_below") if on else None}
 

@@ -38,7 +38,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from cleancurate.batching import error_text, plan_microbatches, run_with_backoff
+from cleancurate.batching import error_text, plan_microbatches, run_with_backoff, text_config
 from cleancurate.prompts import neutralize
 from cleancurate.schemas.udf import SCREEN_COLUMNS
 
@@ -235,12 +235,11 @@ def verdict_tokens(fmt: GuardFormat, tokenizer) -> VerdictTokens:
     return _cached(tokenizer, ("verdicts", fmt), build)
 
 
-def context_length(model, configured: int | None = None) -> int:
-    """The longest prompt the model takes: ``configured``, else its config's position limit."""
+def context_length(config, configured: int | None = None) -> int:
+    """The longest prompt a model of this ``config`` takes: ``configured``, else its position limit."""
     if configured:
         return int(configured)
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return int(getattr(cfg, "max_position_embeddings", None) or 2048)
+    return int(getattr(text_config(config), "max_position_embeddings", None) or 2048)
 
 
 def _over_context(fmt: GuardFormat, tokens: int, limit: int) -> GuardFormatError:
@@ -264,7 +263,7 @@ def _verdict_probs(model, seqs: list[list[int]], unsafe: Sequence[int], safe: Se
     """``p(unsafe) / (p(unsafe) + p(safe))`` at the last token of each sequence, one padded forward pass."""
     import torch
 
-    from cleancurate.engine.perplexity import _body
+    from cleancurate.engine.perplexity import _body, softcap
 
     device = next(model.parameters()).device
     longest = max(len(s) for s in seqs)
@@ -273,12 +272,9 @@ def _verdict_probs(model, seqs: list[list[int]], unsafe: Sequence[int], safe: Se
         ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
     rows = torch.arange(len(seqs), device=device)
     last = torch.tensor([len(s) - 1 for s in seqs], device=device)
-    cap = getattr(model.config, "final_logit_softcapping", None)
     with torch.inference_mode():
         hidden = _body(model, compiled)(input_ids=ids.to(device)).last_hidden_state
-        logits = model.get_output_embeddings()(hidden[rows, last]).float()
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
+        logits = softcap(model, model.get_output_embeddings()(hidden[rows, last]).float())
         gap = torch.logsumexp(logits[:, list(unsafe)], -1) - torch.logsumexp(logits[:, list(safe)], -1)
         return torch.sigmoid(gap.double()).cpu().tolist()
 
@@ -301,7 +297,7 @@ def guard_batch(
     out["harm"] = out["harm"].astype("float64")
     if n == 0:
         return out[SCREEN_COLUMNS]
-    limit = context_length(model, max_context)
+    limit = context_length(model.config, max_context)
     verdicts = check_format(fmt, tokenizer, limit)
     items: list[tuple[int, list[int]]] = []
     for row, (q, r) in enumerate(zip(queries, responses)):

@@ -84,7 +84,7 @@ def preflight(cfg: dict) -> None:
     works with them (:func:`~cleancurate.engine.guard.check_format`). Loads no weights."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from cleancurate.engine.guard import check_format
+    from cleancurate.engine.guard import check_format, context_length
     from cleancurate.models import ModelError, resolve
 
     spec = cfg["harm"]["guard_model"]
@@ -96,8 +96,7 @@ def preflight(cfg: dict) -> None:
     except OSError as exc:
         raise ModelError(f"cannot load the guard model '{spec}' offline ({exc.__class__.__name__}: {exc}); "
                          "name a local directory, or pre-populate the Hugging Face cache") from exc
-    text = conf.get_text_config() if hasattr(conf, "get_text_config") else conf
-    check_format(guard_format(cfg), tokenizer, int(getattr(text, "max_position_embeddings", None) or 2048))
+    check_format(guard_format(cfg), tokenizer, context_length(conf))
 
 
 def guard_budget(model, configured: int | None, beside: Sequence = ()) -> int:

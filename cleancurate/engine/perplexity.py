@@ -67,6 +67,14 @@ def _body(model, compiled: bool):
     return fn
 
 
+def softcap(model, logits):
+    """The model's final-logit soft-capping (Gemma 2), where its config sets one; else the logits as they are."""
+    import torch
+
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
 def _forward_nll(model, chunks: list[tuple[list[int], int]], compiled: bool = False) -> list[tuple[float, int]]:
     """Summed NLL and count of scored tokens for each chunk, in one padded forward pass.
 
@@ -94,7 +102,6 @@ def _forward_nll(model, chunks: list[tuple[list[int], int]], compiled: bool = Fa
         return [(0.0, 0) for _ in chunks]
     base = _body(model, compiled)
     head = model.get_output_embeddings()
-    cap = getattr(model.config, "final_logit_softcapping", None)
     rows_t = torch.tensor(rows, device=device)
     pos_t = torch.tensor(pos, device=device)
     targets_t = torch.tensor(targets, device=device)
@@ -103,9 +110,7 @@ def _forward_nll(model, chunks: list[tuple[list[int], int]], compiled: bool = Fa
         nll = torch.empty(len(rows), dtype=torch.float32, device=device)
         for a in range(0, len(rows), _NLL_CHUNK):
             b = min(a + _NLL_CHUNK, len(rows))
-            logits = head(hidden[rows_t[a:b], pos_t[a:b]]).float()
-            if cap:
-                logits = torch.tanh(logits / cap) * cap
+            logits = softcap(model, head(hidden[rows_t[a:b], pos_t[a:b]]).float())
             nll[a:b] = F.cross_entropy(logits, targets_t[a:b], reduction="none")
         sums = torch.zeros(len(chunks), dtype=torch.float64, device=device)
         sums.index_add_(0, rows_t, nll.double())

@@ -119,9 +119,9 @@ def generate(ctx, r: int) -> None:
         "error", F.coalesce("error", "_q.error"))
     for c in ("ppl", "scored_tokens", "helpfulness", "similarity", "safety", "harm", "retention"):
         scored = scored.withColumn(c, F.col(f"_q.{c}"))
-    # an exact copy of its parent or the original is a duplicate before any other reading of it
-    norm = F.lower(F.trim(F.col("text")))
-    copy = F.coalesce((norm == F.lower(F.trim("parent_text"))) | (norm == F.lower(F.trim("original"))), F.lit(False))
+    # with dedupe on, an exact copy of its parent or the original is a duplicate before any other reading of it
+    # (the gate's dup input; repeats among siblings are marked after the gate by mark_duplicates)
+    copy = F.coalesce(copy_of_source(), F.lit(False)) if cur.dedupe_candidates else F.lit(False)
     gate_in = F.struct(
         "text", "error", F.col("_q.meta_text").alias("meta_text"), F.col("_q.form_fault").alias("form_fault"),
         copy.alias("dup"), F.col("_q.new_words").alias("new_words"),
@@ -147,15 +147,21 @@ def generate(ctx, r: int) -> None:
     ctx.write(conform(out, CANDIDATES), "candidates", f"round = {r}", partition_by=["run_id", "round"])
 
 
+def copy_of_source():
+    """True where ``text`` is ``parent_text`` or ``original`` again (case and outer whitespace aside)."""
+    from pyspark.sql import functions as F
+
+    norm = F.lower(F.trim(F.col("text")))
+    return (norm == F.lower(F.trim("parent_text"))) | (norm == F.lower(F.trim("original")))
+
+
 def mark_duplicates(df):
     """Reject a candidate whose text repeats its parent, the original, or an earlier candidate."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     w = Window.partitionBy("doc_id", "text").orderBy("cand_id")
-    norm = F.lower(F.trim(F.col("text")))
-    same_as_source = (norm == F.lower(F.trim("parent_text"))) | (norm == F.lower(F.trim("original")))
-    dup = F.col("passed") & ((F.row_number().over(w) > 1) | same_as_source)
+    dup = F.col("passed") & ((F.row_number().over(w) > 1) | copy_of_source())
     return (df.withColumn("_dup", dup)
             .withColumn("reject_reason", F.when(F.col("_dup"), F.lit("duplicate")).otherwise(F.col("reject_reason")))
             .withColumn("passed", F.col("passed") & ~F.col("_dup")).drop("_dup"))
