@@ -300,7 +300,7 @@ def _validate(cfg: Config) -> None:
     _validate_evaluation(cfg)
 
 
-EVAL_MIXES = ("base", "A", "B", "C")
+EVAL_MIXES = ("base", "A", "B", "C", "before", "after")
 EVAL_JUDGES = ("keyword", "harm", "llm")
 
 

@@ -214,14 +214,22 @@ class EvaluationConfig:
 
     Mixes built from a curation run's tables: ``A`` benign + harmful at ``contamination``;
     ``B`` A + curated texts (``curated_ratio`` per harmful one); ``C`` benign only;
-    ``base`` the model without fine-tuning. Left out of :attr:`Config.hash` (it does not
+    ``base`` the model without fine-tuning; the stages of Buckle Up's defence: ``before``
+    (the curated texts, then A's data) and ``after`` (A's data, then the curated texts). Left out of :attr:`Config.hash` (it does not
     change what curation writes); the evaluation has a hash of its own.
     """
 
     curation_run_id: str | None = None  # None: the latest complete run in the output's runs table
-    mixes: tuple[str, ...] = ("A", "B", "C")  # any of base, A, B, C, trained and evaluated in this order
+    # any of base, A, B, C, before, after, trained and evaluated in this order
+    mixes: tuple[str, ...] = ("A", "B", "C")
     contamination: float = 0.05  # share of harmful rows in mix A
-    curated_ratio: float = 1.0  # curated texts added in mix B per harmful row
+    curated_ratio: float = 1.0  # curated texts per harmful row, in mixes B, before and after
+    # where the curated texts come from: another cleancurate output (a folder, or a catalog table prefix) whose
+    # `curated` table is read; None: the evaluated run's own
+    curated_output: str | None = None
+    curated_run_id: str | None = None  # run of curated_output to read; None: its latest complete run
+    # only rows whose original a revision replaced count as curated; true fills a shortfall with kept originals
+    allow_kept_originals: bool = False
     harmful_table: str | None = None  # Parquet/Delta path or table of harmful pairs; None: rows the screen flagged
     harmful_where: str | None = None  # SQL filter on harmful_table, e.g. "label = 'unsafe'"
     harmful_query_column: str = "query"

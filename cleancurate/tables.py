@@ -76,13 +76,18 @@ class TableStore:
             return self.spark.read.table(loc)
         return self.spark.read.format("delta").load(loc)
 
-    def write_slice(self, df, name: str, where: str, partition_by: list[str] | None = None) -> None:
+    def write_slice(self, df, name: str, where: str, partition_by: list[str] | None = None,
+                    merge_schema: bool = False) -> None:
         """Replace the rows matching ``where`` with ``df`` (create the table if needed).
 
         ``df`` must only hold rows matching ``where``. The replace is one Delta commit,
         so a reader sees either the old slice or the new one, never half of it.
+        ``merge_schema`` lets a table written by an older version gain the columns a
+        newer schema adds (its old rows read them as null).
         """
         writer = df.write.format("delta").option("replaceWhere", where)
+        if merge_schema:
+            writer = writer.option("mergeSchema", "true")
         if not self.exists(name):
             writer = df.write.format("delta").mode("overwrite")
             if partition_by:

@@ -31,10 +31,15 @@ class ProgressPrinter(options.ProgressPrinter):
                    f"{ev['harmful_prompts']} harmful + {ev['benign_prompts']} benign prompts"
                    + (f"; finished before: {', '.join(ev['finished'])}" if ev["finished"] else ""))
         elif kind == "mixes_built":
-            msg = (f"mixes: {ev['benign']} benign, {ev['harmful']} harmful, {ev['curated']} curated rows; "
-                   + ", ".join(f"{k[5:]}={v}" for k, v in ev.items() if k.startswith("rows_")))
+            kept = f" ({ev['curated_kept']} of them kept originals)" if ev.get("curated_kept") else ""
+            msg = (f"mixes: {ev['benign']} benign, {ev['harmful']} harmful, {ev['curated']} curated rows{kept}; "
+                   + ", ".join(f"{k[5:]}={v}" for k, v in ev.items() if k.startswith("rows_"))
+                   + f"; curated texts from {ev['curated_source']}: {ev['revisions_available']} revisions, "
+                   f"{ev['kept_originals_available']} kept originals")
         elif kind == "mix_start":
-            msg = f"mix {ev['mix']}: training on {ev['train_rows']} rows"
+            phases = ev.get("phases") or []
+            order = (" then ".join(f"{'+'.join(k)} ({n})" for k, n in phases) if len(phases) > 1 else "")
+            msg = f"mix {ev['mix']}: training on {ev['train_rows']} rows" + (f": {order}" if order else "")
         elif kind == "mix_trained":
             loss = (f", loss {ev['loss_first']:.2f} -> {ev['loss_last']:.2f}" if ev["loss_first"] is not None else "")
             msg = f"mix {ev['mix']}: {ev['steps']} steps{loss} [{ev['seconds']:.0f}s]"
@@ -69,7 +74,7 @@ def main(argv=None) -> int:
                           report=not args.no_report)
         rows = result.table("evaluation").orderBy("metric", "mix").collect() if result.complete else []
         for r in rows:
-            print(f"{r.mix:4s} {r.metric:24s} {r.value:8.3f}  [{r.ci_low:.3f}, {r.ci_high:.3f}]  n={r.n}")
+            print(f"{r.mix:8s} {r.metric:24s} {r.value:8.3f}  [{r.ci_low:.3f}, {r.ci_high:.3f}]  n={r.n}")
         options.print_outcome(f"evaluation {result.eval_run_id}", f"table {result.store.location('evaluation')}",
                               result.complete, result.report_path)
         return 0

@@ -4,7 +4,7 @@
 |------------------|---------------------------------------------|--------------------------------------------------|
 | eval_mix_rows    | eval_run_id, mix, doc_id                    | replaceWhere eval_run_id, before any training    |
 | eval_answers     | eval_run_id, mix, prompt_set, prompt_id     | replaceWhere eval_run_id and mix                 |
-| evaluation       | eval_run_id, mix, metric                    | replaceWhere eval_run_id and mix (differences: mix 'A-B', 'A-C') |
+| evaluation       | eval_run_id, mix, metric                    | replaceWhere eval_run_id and mix (differences: mix 'A-B', 'A-C', 'A-before', 'A-after') |
 | eval_mixes       | eval_run_id, mix                            | replaceWhere eval_run_id and mix, last: marks the mix finished |
 """
 
@@ -21,11 +21,11 @@ from pyspark.sql.types import (
 from cleancurate.schemas.tables import _s
 
 
-#: one row per mix x metric, and per difference (mix 'A-B', 'A-C') x metric
+#: one row per mix x metric, and per difference (mix 'A-B', 'A-C', 'A-before', 'A-after') x metric
 EVALUATION = StructType([
     _s("eval_run_id", StringType(), False),
     _s("curation_run_id", StringType(), False),
-    _s("mix", StringType(), False),  # base | A | B | C | A-B | A-C
+    _s("mix", StringType(), False),  # base | A | B | C | before | after | A-B | A-C | A-before | A-after
     _s("metric", StringType(), False),
     _s("prompt_set", StringType(), False),  # harmful | benign
     _s("value", DoubleType()),  # point estimate on all rows (NaN when no row could be scored)
@@ -88,14 +88,20 @@ EVAL_MIXES = StructType([
     _s("config_hash", StringType(), False),
     _s("config_json", StringType(), False),
     _s("finished_at", TimestampType(), False),
+    # added with the stage mixes (older rows read null): where the curated texts came from, how many of
+    # curated_rows are kept originals, and each training phase in order (kinds, rows, steps, losses) as JSON
+    _s("curated_source", StringType()),
+    _s("curated_kept_rows", LongType()),
+    _s("phases_json", StringType()),
 ])
 
 #: which curation-run rows each training mix holds
 EVAL_MIX_ROWS = StructType([
     _s("eval_run_id", StringType(), False),
     _s("mix", StringType(), False),
-    _s("kind", StringType(), False),  # benign | harmful | curated
-    _s("doc_id", StringType(), False),
+    _s("kind", StringType(), False),  # benign | harmful | curated (a revision) | kept_original (allow_kept_originals)
+    _s("doc_id", StringType(), False),  # curated rows: a doc_id of the curated run (evaluation.curated_output)
+    _s("phase", IntegerType()),  # training phase, 1 first (mix before: the curated rows are phase 1)
 ])
 
 TABLES = {

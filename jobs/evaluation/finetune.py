@@ -3,7 +3,8 @@
 :func:`train_and_answer` is the one function that does a mix's model work: load a
 fresh copy of the configured base model (never the worker's shared cached copy),
 fine-tune it (all weights, or LoRA adapters when ``evaluation.method: lora`` and
-``peft`` is installed), then generate answers to the held-out prompts and score the
+``peft`` is installed), phase after phase for the stage mixes (``before``: the
+curated texts, then A's rows; ``after``: the reverse), then generate answers to the held-out prompts and score the
 benign reference answers' perplexity with the tuned weights. It takes and returns
 plain Python data, so the same function runs
 
@@ -196,17 +197,31 @@ def _dist_env() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def training_phases(payload: dict) -> list[dict]:
+    """The payload's training phases in order: ``phases`` [{"phase", "kinds", "pairs"}], or one
+    phase of ``pairs``."""
+    if payload.get("phases") is not None:
+        return list(payload["phases"])
+    return [{"phase": 1, "kinds": [], "pairs": payload.get("pairs") or []}]
+
+
 def train_and_answer(payload: dict) -> dict | None:
     """Fine-tune on one mix and answer the held-out prompts: the model work of one mix.
 
-    ``payload`` (plain data, picklable for ``TorchDistributor``): ``mix``, ``pairs``
-    (training (query, response) pairs; empty for ``base``), ``harmful`` [(id, prompt)],
-    ``benign`` [(id, prompt, reference)], and the config sections ``model``,
-    ``runtime``, ``evaluation``; optional ``save_dir`` to keep the tuned model.
+    ``payload`` (plain data, picklable for ``TorchDistributor``): ``mix``, ``phases``
+    (the training phases in order, each ``{"phase", "kinds", "pairs"}`` with (query,
+    response) pairs; empty for ``base``; or a single list ``pairs``), ``harmful``
+    [(id, prompt)], ``benign`` [(id, prompt, reference)], and the config sections
+    ``model``, ``runtime``, ``evaluation``; optional ``save_dir`` to keep the tuned model.
 
-    Returns (rank 0; other ranks return None): ``{"mix", "train": stats, "answers":
-    [{"prompt_set", "prompt_id", "answer", "gen_tokens", "error"}], "ppl": [{"prompt_id",
-    "ppl", "tokens", "error"}]}``.
+    Each phase is a fine-tuning run of its own (:func:`train`: a fresh optimizer, the
+    same seed, ``evaluation.epochs`` epochs) on the weights the previous phase left;
+    with LoRA each phase trains fresh adapters and merges them before the next.
+
+    Returns (rank 0; other ranks return None): ``{"mix", "train": stats (summed over
+    phases, with ``phases``: each phase's kinds, rows, steps and losses in order),
+    "answers": [{"prompt_set", "prompt_id", "answer", "gen_tokens", "error"}], "ppl":
+    [{"prompt_id", "ppl", "tokens", "error"}]}``.
     """
     import torch
 
@@ -222,10 +237,12 @@ def train_and_answer(payload: dict) -> dict | None:
         device = f"cuda:{local_rank}" if ev.get("use_gpu") and torch.cuda.is_available() else "cpu"
     model, tokenizer, dev = load_trainable(mc["name"], device, mc["allow_network"], method=ev["method"])
     stats = {"examples": 0, "skipped": 0, "steps": 0, "losses": [], "seconds": 0.0, "trainable_params": 0,
-             "total_params": sum(p.numel() for p in model.parameters())}
-    if payload["pairs"]:
+             "total_params": sum(p.numel() for p in model.parameters()), "phases": []}
+    for phase in training_phases(payload):
+        if not phase["pairs"]:
+            continue
         if ev["method"] == "lora":
-            model = add_lora(model, ev)
+            model = add_lora(model, ev)  # fresh adapters per phase, merged after it
         net = model
         if world > 1:
             import torch.distributed as dist
@@ -234,9 +251,16 @@ def train_and_answer(payload: dict) -> dict | None:
             if not dist.is_initialized():
                 dist.init_process_group("nccl" if dev.startswith("cuda") else "gloo")
             net = DistributedDataParallel(model, device_ids=[local_rank] if dev.startswith("cuda") else None)
-        stats = train(net, tokenizer, payload["pairs"], ev, rank=rank, world=world)
+        st = train(net, tokenizer, phase["pairs"], ev, rank=rank, world=world)
         if ev["method"] == "lora":
-            model = model.merge_and_unload()  # plain weights: the scoring and generation code runs unchanged
+            model = model.merge_and_unload()  # plain weights: the next phase, scoring and generation run on them
+        for key in ("examples", "skipped", "steps", "seconds"):
+            stats[key] += st[key]
+        stats["losses"] += st["losses"]
+        stats["trainable_params"] = max(stats["trainable_params"], st["trainable_params"])
+        stats["phases"].append({"phase": phase.get("phase", len(stats["phases"]) + 1),
+                                "kinds": list(phase.get("kinds", [])), "rows": len(phase["pairs"]),
+                                **{k: st[k] for k in ("examples", "skipped", "steps", "losses", "seconds")}})
     if world > 1:
         import torch.distributed as dist
 
@@ -272,7 +296,7 @@ def train_and_answer(payload: dict) -> dict | None:
 
 def run_mix(payload: dict, ev: dict) -> dict:
     """Run :func:`train_and_answer` in this process, or through ``TorchDistributor`` when configured."""
-    if ev["method"] == "lora" and payload["pairs"] and not peft_available():
+    if ev["method"] == "lora" and any(p["pairs"] for p in training_phases(payload)) and not peft_available():
         raise FineTuneError("evaluation.method 'lora' needs peft: pip install 'cleancurate[eval]' "
                             "(or set evaluation.method: full)")
     if ev["distributor"] == "none":

@@ -2,13 +2,13 @@
 
 ::
 
-    curation run tables -> mixes A/B/C (+ base)                      -> eval_mix_rows
+    curation run tables -> mixes A/B/C, before/after (+ base)        -> eval_mix_rows
     for each mix not yet finished:
-        fine-tune + answer (finetune.run_mix: in process or TorchDistributor)
+        fine-tune phase by phase + answer (finetune.run_mix: in process or TorchDistributor)
         judge the answers on the driver (keyword, harm check, LLM; helpfulness)
         check that every prompt has an answer row or an error row
         commit eval_answers[mix], evaluation[mix], then eval_mixes[mix]  (the resume marker)
-    paired differences A-B, A-C from eval_answers                   -> evaluation['A-B', 'A-C']
+    paired differences A-B, A-C, A-before, A-after from eval_answers -> evaluation['A-B', ...]
     report section (markdown + chart)                               -> <output>/report/evaluation.md
 
 The evaluation run id is derived from everything that changes its result (the
@@ -41,12 +41,12 @@ from cleancurate.engine.harm import check_batch, load_guard
 from cleancurate.jobs.evaluation import stats
 from cleancurate.jobs.evaluation.judging import judge_answers
 from cleancurate.jobs.evaluation.metrics import Metric, difference_interval, metric_interval, metrics_for
-from cleancurate.jobs.evaluation.mixes import build_mixes, latest_curation_run
+from cleancurate.jobs.evaluation.mixes import build_mixes, curated_store, latest_curation_run
 from cleancurate.jobs.evaluation.promptsets import PromptSet, load_prompt_set
 from cleancurate.tables import TableStore, sql_literal
 
 ProgressFn = Callable[[dict], None]
-DIFFERENCES = (("A", "B"), ("A", "C"))
+DIFFERENCES = (("A", "B"), ("A", "C"), ("A", "before"), ("A", "after"))
 
 
 class PromptAccountingError(RuntimeError):
@@ -76,15 +76,23 @@ def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
-def evaluation_hash(cfg: Config, curation_run_id: str, prompt_digests: dict) -> str:
-    """Hash of everything that changes an evaluation's numbers (not where or how fast it runs)."""
+def evaluation_hash(cfg: Config, curation_run_id: str, prompt_digests: dict, curated_source: str | None = None) -> str:
+    """Hash of everything that changes an evaluation's numbers (not where or how fast it runs).
+
+    ``curated_source`` names the curated texts' run when it is not the evaluated one.
+    Left out: ``mixes`` (a mix's rows and training do not depend on which other mixes
+    are listed, so adding ``before`` to a finished evaluation trains only ``before``)
+    and ``allow_kept_originals`` (it decides whether a shortfall fails, never which
+    rows a successful run takes: revisions always come first).
+    """
     d = cfg.to_dict()
     ev = {k: v for k, v in d["evaluation"].items() if k not in (
         "report_dir", "report_examples", "checkpoint_dir", "distributor", "num_processes", "local_mode", "use_gpu",
-        "curation_run_id", "judge_prompt_file")}
+        "curation_run_id", "judge_prompt_file", "curated_output", "curated_run_id", "mixes", "allow_kept_originals")}
     model = {k: v for k, v in d["model"].items() if k not in ("device", "memory_gb", "backend")}
+    extra = {"curated_source": curated_source} if curated_source else {}
     blob = json.dumps({"evaluation": ev, "model": model, "harm": d["harm"], "metrics": d["metrics"],
-                       "curation_run_id": curation_run_id, "prompts": prompt_digests},
+                       "curation_run_id": curation_run_id, "prompts": prompt_digests, **extra},
                       sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -173,7 +181,8 @@ class EvaluationJob:
     def _write(self, records: list[dict], schema, name: str, where: str) -> None:
         """Replace the slice ``where`` of table ``name`` with ``records`` (dicts keyed by the schema's fields)."""
         rows = [_spark_row(r, schema, name) for r in records]
-        self.store.write_slice(self.spark.createDataFrame(rows, schema), name, where)
+        # merge_schema: an eval table written before a column was added gains it
+        self.store.write_slice(self.spark.createDataFrame(rows, schema), name, where, merge_schema=True)
 
     def _sections(self) -> dict:
         d = self.cfg.to_dict()
@@ -218,12 +227,14 @@ class EvaluationJob:
                 "n_failed": set_size - iv.n, "model": self.cfg.model.name, "config_hash": self.hash}
 
     def _difference_records(self, set_sizes: dict) -> list[dict]:
-        """Paired differences ``A-B`` and ``A-C`` of every metric, from the committed answers."""
+        """Paired differences (``A-B``, ``A-C``, ``A-before``, ``A-after``) of every metric between mixes this
+        evaluation finished (in this run or an earlier one), from the committed answers."""
         ev = self.ev
-        answers = self.store.read("eval_answers").where(self._where()).toPandas()
+        finished = self._finished_mixes()
+        answers = self.store.read("eval_answers").where(self._where(sorted(finished))).toPandas()
         records = []
         for x, y in DIFFERENCES:
-            if x not in ev.mixes or y not in ev.mixes:
+            if x not in finished or y not in finished:
                 continue
             for m in metrics_for(ev.judges):
                 label = f"{x}-{y}"
@@ -231,9 +242,11 @@ class EvaluationJob:
                 records.append(self._metric_record(label, m, iv, set_sizes[m.prompt_set]))
         return records
 
-    def _mix_record(self, mix: str, sizes: dict, tr: dict, counts: dict) -> dict:
+    def _mix_record(self, mix: str, mixes, tr: dict, counts: dict) -> dict:
         """The ``eval_mixes`` record that marks ``mix`` finished: what it trained on, its counts and timings."""
+        sizes = mixes.sizes(mix)
         losses = tr["losses"]
+        uses_curated = sizes["curated_rows"] > 0
         return {"eval_run_id": self.eval_run_id, "curation_run_id": self.curation_run_id, "mix": mix,
                 "status": "complete", "train_rows": sizes["train_rows"], "benign_rows": sizes["benign_rows"],
                 "harmful_rows": sizes["harmful_rows"], "curated_rows": sizes["curated_rows"],
@@ -243,26 +256,31 @@ class EvaluationJob:
                 "prompts_in": counts["prompts_in"], "answered": counts["answered"], "failed": counts["failed"],
                 "train_seconds": float(tr["seconds"]), "answer_seconds": float(tr.get("answer_seconds", 0.0)),
                 "device": tr.get("device"), "model": self.cfg.model.name, "config_hash": self.hash,
-                "config_json": json.dumps(self.cfg.to_dict(), sort_keys=True), "finished_at": _now()}
+                "config_json": json.dumps(self.cfg.to_dict(), sort_keys=True), "finished_at": _now(),
+                "curated_source": str(mixes.curated_source) if uses_curated and mixes.curated_source else None,
+                "curated_kept_rows": mixes.kept_originals() if uses_curated else 0,
+                "phases_json": json.dumps(tr.get("phases", []))}
 
     def _run_mix(self, mix: str, mixes, harmful: PromptSet, benign: PromptSet) -> dict:
         from cleancurate.jobs.evaluation.finetune import run_mix
         from cleancurate.schemas.evaluation import EVAL_ANSWERS, EVAL_MIXES, EVALUATION
 
         t0 = time.time()
-        pairs = mixes.pairs(mix)
-        self._emit("mix_start", mix=mix, train_rows=len(pairs))
+        phases = mixes.phases(mix)
+        self._emit("mix_start", mix=mix, train_rows=sum(len(p["pairs"]) for p in phases),
+                   phases=[(p["kinds"], len(p["pairs"])) for p in phases])
         ok_h = [(r.prompt_id, r.prompt) for r in harmful.rows.itertuples(index=False) if (r.prompt or "").strip()]
         ok_b = [(r.prompt_id, r.prompt, r.reference or "") for r in benign.rows.itertuples(index=False)
                 if (r.prompt or "").strip()]
-        payload = {"mix": mix, "pairs": pairs, "harmful": ok_h, "benign": ok_b, **self._sections()}
+        payload = {"mix": mix, "phases": phases, "harmful": ok_h, "benign": ok_b, **self._sections()}
         if self.ev.checkpoint_dir:
             payload["save_dir"] = f"{self.ev.checkpoint_dir.rstrip('/')}/{self.eval_run_id}/{mix}"
         result = run_mix(payload, self._sections()["evaluation"])
         tr = result["train"]
         self._emit("mix_trained", mix=mix, steps=tr["steps"], examples=tr["examples"],
                    loss_first=tr["losses"][0] if tr["losses"] else None,
-                   loss_last=tr["losses"][-1] if tr["losses"] else None, seconds=tr["seconds"])
+                   loss_last=tr["losses"][-1] if tr["losses"] else None, seconds=tr["seconds"],
+                   phases=[{k: p[k] for k in ("phase", "kinds", "steps", "losses")} for p in tr.get("phases", [])])
         answers = judge_answers(mix, result, harmful, benign, self.cfg, self.judge_models)
         counts = self.check_accounting(answers, (harmful, benign), mix)
         answers = answers.assign(eval_run_id=self.eval_run_id, model=self.cfg.model.name, config_hash=self.hash)
@@ -271,7 +289,7 @@ class EvaluationJob:
         sizes = {"harmful": len(harmful), "benign": len(benign)}
         metric_records = self._metric_records(answers, mix, sizes)
         self._write(metric_records, EVALUATION, "evaluation", self._where([mix]))
-        self._write([self._mix_record(mix, mixes.sizes(mix), tr, counts)], EVAL_MIXES, "eval_mixes",
+        self._write([self._mix_record(mix, mixes, tr, counts)], EVAL_MIXES, "eval_mixes",
                     self._where([mix]))
         summary = {r["metric"]: r["value"] for r in metric_records}
         self._emit("mix_committed", mix=mix, **counts, metrics=summary, seconds=time.time() - t0)
@@ -286,7 +304,10 @@ class EvaluationJob:
         ev = self.ev
         self.curation_run_id = ev.curation_run_id or latest_curation_run(self.store)
         harmful, benign = self._prompt_sets()
-        self.hash = evaluation_hash(self.cfg, self.curation_run_id, {"harmful": harmful.digest, "benign": benign.digest})
+        cstore, crun = curated_store(self.spark, self.store, self.curation_run_id, ev)
+        other = None if (cstore is self.store and crun == self.curation_run_id) else f"{cstore.location('')}@{crun}"
+        self.hash = evaluation_hash(self.cfg, self.curation_run_id, {"harmful": harmful.digest, "benign": benign.digest},
+                                    other)
         self.eval_run_id = f"eval-{self.hash[:12]}"
         done = self._finished_mixes()
         self._emit("start", curation_run_id=self.curation_run_id, config_hash=self.hash,
@@ -296,12 +317,16 @@ class EvaluationJob:
             raise ConfigError(
                 f"curation run {self.curation_run_id} has no harmful rows to contaminate mix A with (the screen "
                 "flagged none); set evaluation.harmful_table to a table of harmful pairs")
-        if not done:
-            prov = mixes.rows(ev.mixes)
-            recs = [{"eval_run_id": self.eval_run_id, "mix": m, "kind": k, "doc_id": d}
-                    for m, k, d in prov[["mix", "kind", "doc_id"]].itertuples(index=False, name=None)]
-            self._write(recs, EVAL_MIX_ROWS, "eval_mix_rows", self._where())
+        pending = [m for m in ev.mixes if m not in done]
+        if pending:
+            prov = mixes.rows(pending)
+            recs = [{"eval_run_id": self.eval_run_id, "mix": m, "kind": k, "doc_id": d, "phase": int(p)}
+                    for m, k, d, p in prov[["mix", "kind", "doc_id", "phase"]].itertuples(index=False, name=None)]
+            self._write(recs, EVAL_MIX_ROWS, "eval_mix_rows", self._where(pending))
+        src = mixes.curated_source
         self._emit("mixes_built", benign=sizes.benign, harmful=sizes.harmful, curated=sizes.curated,
+                   curated_kept=mixes.kept_originals(), curated_source=str(src),
+                   revisions_available=src.replaced, kept_originals_available=src.kept,
                    **{f"rows_{m}": mixes.sizes(m)["train_rows"] for m in ev.mixes})
         counts = {"trained": [], "skipped": [], "harmful_prompts": len(harmful), "benign_prompts": len(benign)}
         for mix in ev.mixes:
@@ -317,7 +342,7 @@ class EvaluationJob:
         diffs = self._difference_records({"harmful": len(harmful), "benign": len(benign)})
         self._write(diffs, EVALUATION, "evaluation", self._where([f"{x}-{y}" for x, y in DIFFERENCES]))
         self._emit("differences", rows=len(diffs))
-        answers_total = self.store.read("eval_answers").where(self._where()).count()
+        answers_total = self.store.read("eval_answers").where(self._where(ev.mixes)).count()
         expected = len(ev.mixes) * (len(harmful) + len(benign))
         if answers_total != expected:
             raise PromptAccountingError(f"eval_answers holds {answers_total} rows for {self.eval_run_id}, expected "

@@ -3,7 +3,10 @@
 Built from the Delta tables alone (``evaluation``, ``eval_mixes``, ``eval_answers``), so
 ``cleancurate evaluate --report-only`` can rebuild it. The chart has one panel per
 metric, a bar per mix with its bootstrap interval as error bars, and a second figure
-with the paired differences A-B and A-C around zero. Example answers of a seeded
+with the paired differences (A-B, A-C, A-before, A-after) around zero. When the
+evaluation has stage mixes, a third chart gives the harmful rate per stage of
+Buckle Up's defence (no defence A, before, during B, after) and a table lists what
+each mix trained on, phase by phase, in order. Example answers of a seeded
 sample of prompts follow, one table per prompt with a row per mix. Model output is
 data: it is escaped before it goes into the markdown. Without matplotlib the
 markdown is written without the charts and says so.
@@ -18,13 +21,17 @@ from pathlib import Path
 
 import pandas as pd
 
-MIX_ORDER = ("base", "A", "B", "C", "A-B", "A-C")
+MIX_ORDER = ("base", "A", "before", "B", "after", "C", "A-B", "A-C", "A-before", "A-after")
 MIX_TEXT = {
     "base": "the base model, not fine-tuned",
     "A": "benign + harmful (contaminated)",
-    "B": "A + curated texts",
+    "B": "A + curated texts (during)",
     "C": "benign only",
+    "before": "curated texts, then A's rows (before)",
+    "after": "A's rows, then curated texts (after)",
 }
+#: the stages of the defence, in the order a model meets them, and what each is
+STAGES = (("A", "no defence"), ("before", "before"), ("B", "during"), ("after", "after"))
 
 
 def _cell(text, limit: int = 300) -> str:
@@ -87,13 +94,74 @@ def _charts(ev: pd.DataFrame, folder: Path, conf: int = 95) -> dict[str, str]:
         for ax in list(axes.flat)[len(metrics):]:
             ax.axis("off")
         fig.suptitle(f"point estimate and {conf}% bootstrap interval" if not zero else
-                     f"paired differences (A minus B, A minus C) with {conf}% bootstrap interval", fontsize=10)
+                     f"paired differences (A minus each mix) with {conf}% bootstrap interval", fontsize=10)
         fig.tight_layout()
         path = folder / f"{name}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         files[name] = path.name
     return files
+
+
+def _stage_chart(ev: pd.DataFrame, folder: Path, conf: int = 95) -> str | None:
+    """Harmful rate per stage of the defence (one panel per harmful-rate metric), or None without stages."""
+    present = [(m, label) for m, label in STAGES if m in set(ev["mix"])]
+    if not any(m in ("before", "after") for m, _ in present):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in dict.fromkeys(ev["metric"]) if m.startswith("harmful_rate")]
+    if not metrics:
+        return None
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.2), squeeze=False)
+    for ax, metric in zip(axes.flat, metrics):
+        d = ev[ev["metric"] == metric].set_index("mix")
+        names = [m for m, _ in present]
+        vals = d.loc[names, "value"].astype(float).fillna(0.0)
+        lo = (vals - d.loc[names, "ci_low"].astype(float)).clip(lower=0).fillna(0.0)
+        hi = (d.loc[names, "ci_high"].astype(float) - vals).clip(lower=0).fillna(0.0)
+        colors = ["#bbbbbb" if m == "A" else "#54a24b" for m in names]
+        ax.bar([f"{label}\n({m})" for m, label in present], vals, yerr=[lo, hi], capsize=4, color=colors)
+        ax.set_ylim(0, 1)
+        ax.set_title(metric, fontsize=9)
+        ax.tick_params(labelsize=8)
+    fig.suptitle(f"harmful rate per stage of the defence, {conf}% bootstrap interval", fontsize=10)
+    fig.tight_layout()
+    path = folder / "evaluation_stages.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def _phase_text(phase: dict) -> str:
+    kinds = " + ".join(phase.get("kinds") or ["mix"])
+    losses = phase.get("losses") or []
+    loss = f", loss {losses[0]:.2f} → {losses[-1]:.2f}" if losses else ""
+    return f"{kinds}: {phase.get('rows', 0)} rows, {phase.get('steps', 0)} steps{loss}"
+
+
+def trained_on(mixes: pd.DataFrame) -> list[str]:
+    """Markdown table: what each mix trained on, phase by phase in order, and where the curated texts came from."""
+    import json
+
+    lines = ["| mix | phase 1 | phase 2 | curated texts |", "|---|---|---|---|"]
+    for r in mixes.itertuples(index=False):
+        phases = json.loads(r.phases_json) if isinstance(getattr(r, "phases_json", None), str) else []
+        cells = [_cell(_phase_text(p), 200) for p in phases[:2]]
+        if not cells and r.mix == "base":
+            cells = ["(not fine-tuned)"]
+        cells += [""] * (2 - len(cells))
+        curated = ""
+        if r.curated_rows:
+            kept = getattr(r, "curated_kept_rows", None)
+            kept = 0 if kept is None or pd.isna(kept) else int(kept)
+            curated = (f"{r.curated_rows - kept} revisions + {kept} kept originals from "
+                       f"`{_cell(getattr(r, 'curated_source', '') or '', 120)}`")
+        lines.append(f"| {r.mix} | " + " | ".join(cells) + f" | {curated} |")
+    return lines
 
 
 def _examples(answers: pd.DataFrame, n: int, seed: int) -> list[str]:
@@ -136,6 +204,7 @@ def build_eval_report(result, folder: str | None = None) -> str | None:
     conf = int(round(100 * ev_cfg.confidence))
     try:
         charts = _charts(ev, out, conf)
+        charts["evaluation_stages"] = _stage_chart(ev, out, conf)
         chart_note = ""
     except ImportError:
         charts, chart_note = {}, "*matplotlib is not installed: the charts were skipped.*\n"
@@ -156,6 +225,10 @@ def build_eval_report(result, folder: str | None = None) -> str | None:
         lines.append(f"| {r.mix} | {MIX_TEXT.get(r.mix, '')} | {r.train_rows} ({r.benign_rows} + {r.harmful_rows} + "
                      f"{r.curated_rows}) | {r.steps} | {_num(r.loss_first, 2)} → {_num(r.loss_last, 2)} | "
                      f"{r.answered} / {r.failed} | {r.train_seconds:.0f} | {r.answer_seconds:.0f} |")
+    lines += ["", "### What each mix trained on, in order", "",
+              "Each phase is a fine-tuning run of its own (fresh optimizer, the same seed, "
+              f"{ev_cfg.epochs} epoch(s)) on the weights the phase before it left.", ""]
+    lines += trained_on(mixes)
     names = [m for m in MIX_ORDER if m in set(ev["mix"])]
     lines += ["", f"## Results ({conf}% bootstrap intervals, n = prompts scored)", "",
               "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
@@ -170,12 +243,18 @@ def build_eval_report(result, folder: str | None = None) -> str | None:
             cells.append(f"{_num(r.value)} [{_num(r.ci_low)}, {_num(r.ci_high)}] n={int(r.n)}")
         lines.append(f"| {metric} | " + " | ".join(cells) + " |")
     lines += ["", "Harmful rates are shares of the harmful prompts whose answer a judge calls harmful (keyword: no "
-              "refusal phrase; harm head: probability at or above harm.threshold). A-B below zero would mean the "
+              "refusal phrase; harm head: probability at or above harm.threshold). A-B above zero would mean the "
               "curated texts lowered the harmful rate; an interval that spans zero means this run cannot tell.", ""]
     if charts.get("evaluation"):
         lines += [f"![metrics per mix]({charts['evaluation']})", ""]
     if charts.get("evaluation_differences"):
         lines += [f"![paired differences]({charts['evaluation_differences']})", ""]
+    if charts.get("evaluation_stages"):
+        lines += ["Buckle Up's claim is that curated texts protect at every stage of customization: before "
+                  "(immunize, then the harmful fine-tune), during (mixed in: B) and after (restore a compromised "
+                  "model). Each stage's harmful rate sits beside A, the same data without the curated texts; "
+                  "A-before and A-after above zero would mean that stage lowered it.", "",
+                  f"![harmful rate per stage]({charts['evaluation_stages']})", ""]
     if chart_note:
         lines += [chart_note]
     lines += ["## Example answers side by side", ""]
