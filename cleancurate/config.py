@@ -315,6 +315,9 @@ def _validate_evaluation(cfg: Config) -> None:
         (not bad_judge, f"evaluation.judges: unknown judge(s) {bad_judge}; allowed: {list(EVAL_JUDGES)}"),
         (0.0 <= e.contamination < 1.0, f"evaluation.contamination must be in [0, 1), got {e.contamination}"),
         (e.curated_ratio >= 0, f"evaluation.curated_ratio must be >= 0, got {e.curated_ratio}"),
+        (e.curated_ratio > 0 or not set(e.mixes) & {"B", "before", "after"},
+         "evaluation.curated_ratio 0 leaves mixes B, before and after without curated texts (equal to A); "
+         "set it above 0 or drop them from evaluation.mixes"),
         (e.max_benign is None or e.max_benign >= 1, "evaluation.max_benign must be >= 1 or null"),
         (e.learning_rate > 0, f"evaluation.learning_rate must be > 0, got {e.learning_rate}"),
         (e.weight_decay >= 0, "evaluation.weight_decay must be >= 0"),

@@ -241,8 +241,8 @@ class EvaluationConfig:
     learning_rate: float = 5e-5  # AdamW, as in the papers
     weight_decay: float = 0.0
     batch_size: int = 10  # the papers' batch size
-    epochs: int = 1
-    max_steps: int | None = None  # stop after this many optimizer steps (tiny runs)
+    epochs: int = 1  # per training phase: before and after train each of their two phases this long
+    max_steps: int | None = None  # stop each phase after this many optimizer steps (tiny runs)
     max_length: int = 256  # tokens per training example (prompt + response), longer ones are cut
     lora_r: int = 8
     lora_alpha: int = 16

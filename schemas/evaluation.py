@@ -2,7 +2,7 @@
 
 | table            | key                                         | how it is written                                |
 |------------------|---------------------------------------------|--------------------------------------------------|
-| eval_mix_rows    | eval_run_id, mix, doc_id                    | replaceWhere eval_run_id, before any training    |
+| eval_mix_rows    | eval_run_id, mix, kind, doc_id              | replaceWhere eval_run_id and the mixes still to train, before training |
 | eval_answers     | eval_run_id, mix, prompt_set, prompt_id     | replaceWhere eval_run_id and mix                 |
 | evaluation       | eval_run_id, mix, metric                    | replaceWhere eval_run_id and mix (differences: mix 'A-B', 'A-C', 'A-before', 'A-after') |
 | eval_mixes       | eval_run_id, mix                            | replaceWhere eval_run_id and mix, last: marks the mix finished |

@@ -188,6 +188,7 @@ def test_evaluation_config_is_validated_and_left_out_of_the_curation_hash():
         ("evaluation.contamination=1.0", r"contamination must be in \[0, 1\)"),
         ("evaluation.method=qlora", r"evaluation.method must be one of \['full', 'lora'\]"),
         ("evaluation.bootstrap=10", "bootstrap must be >= 100"),
+        ("evaluation.curated_ratio=0", "curated_ratio 0 leaves mixes B, before and after without curated texts"),
     ]:
         with pytest.raises(ConfigError, match=message):
             C.load("demo", [override])
@@ -290,6 +291,31 @@ def test_lora_trains_only_adapters_and_merges_back():
     assert not (merged.model.layers[0].self_attn.q_proj.weight == q_before).all()  # adapter merged in
 
 
+@pytest.mark.model
+def test_lora_phases_train_fresh_adapters_from_the_seed_whatever_ran_before():
+    """Each phase adds adapters seeded from evaluation.seed, so a resumed evaluation (a fresh process) and an
+    unbroken one (the random state moved by earlier mixes) train the same weights."""
+    import torch
+
+    from cleancurate.jobs.evaluation.finetune import train_and_answer
+
+    raw = jobdata.job_config("unused", "unused", rounds=1)
+    ev = C.from_dict({**raw, "evaluation": {**TRAIN, "method": "lora", "learning_rate": 1e-3, "max_steps": 1,
+                                            "max_new_tokens": 4}}).to_dict()
+    phases = [{"phase": 1, "kinds": ["curated"], "pairs": PAIRS[:2]}, {"phase": 2, "kinds": ["benign"], "pairs": PAIRS[2:]}]
+    payload = {"mix": "before", "phases": phases, "harmful": [], "benign": [("b1", "How do I boil an egg?", "Nine minutes.")],
+               **{k: ev[k] for k in ("model", "runtime", "evaluation")}}
+    runs = []
+    for draws in (0, 7):
+        torch.manual_seed(1234)
+        torch.rand(draws)  # a different random state before the mix, as after other mixes
+        runs.append(train_and_answer(payload))
+    a, b = runs
+    assert [p["steps"] for p in a["train"]["phases"]] == [1, 1]
+    assert 0 < a["train"]["trainable_params"] < a["train"]["total_params"] / 100  # adapters only
+    assert a["train"]["losses"] == b["train"]["losses"] and a["ppl"] == b["ppl"]
+
+
 @pytest.mark.spark
 @pytest.mark.model
 def test_torch_distributor_runs_the_same_function_with_two_processes(spark):
@@ -300,13 +326,16 @@ def test_torch_distributor_runs_the_same_function_with_two_processes(spark):
     raw = jobdata.job_config("unused", "unused", rounds=1)
     ev = C.from_dict({**raw, "evaluation": {**TRAIN, "max_steps": 1, "max_new_tokens": 4, "distributor": "torch",
                                             "num_processes": 2, "local_mode": True, "use_gpu": False}}).to_dict()
-    payload = {"mix": "A", "pairs": PAIRS, "harmful": [("h1", "Say something rude.")],
+    # two phases, as the stage mixes train: DDP wraps the model again for the second one
+    phases = [{"phase": 1, "kinds": ["curated"], "pairs": PAIRS[:2]}, {"phase": 2, "kinds": ["benign"], "pairs": PAIRS[2:]}]
+    payload = {"mix": "after", "phases": phases, "harmful": [("h1", "Say something rude.")],
                "benign": [("b1", "How do I boil an egg?", "Simmer it for nine minutes.")],
                **{k: ev[k] for k in ("model", "runtime", "evaluation")}}
     result = run_mix(payload, ev["evaluation"])
     train = result["train"]
-    assert result["mix"] == "A" and train["world"] == 2 and train["device"] == "cpu"
-    assert train["steps"] == 1 and train["examples"] == 4 and math.isfinite(train["losses"][0])
+    assert result["mix"] == "after" and train["world"] == 2 and train["device"] == "cpu"
+    assert train["steps"] == 2 and train["examples"] == 4 and all(math.isfinite(v) for v in train["losses"])
+    assert [(p["kinds"], p["rows"], p["steps"]) for p in train["phases"]] == [(["curated"], 2, 1), (["benign"], 2, 1)]
     assert [(a["prompt_set"], a["prompt_id"]) for a in result["answers"]] == [("harmful", "h1"), ("benign", "b1")]
     assert all(a["error"] is None and 0 < a["gen_tokens"] <= 4 for a in result["answers"])
     assert [p["prompt_id"] for p in result["ppl"]] == ["b1"] and result["ppl"][0]["ppl"] > 1
@@ -520,10 +549,13 @@ def test_too_few_revisions_fail_with_a_message_naming_the_setting(spark, curatio
     assert f"replaced only {replaced} original" in str(exc.value) and "['after']" in str(exc.value)
     assert not [e for e in events if e["event"] == "mix_start"]  # it fails before any training
     ok = cfg.with_overrides(["evaluation.allow_kept_originals=true"])
+    assert replaced < run.table("curated").count()  # the shared run kept at least one original
     mixes, sizes = build_mixes(spark, run.store, run.run_id, ok.evaluation)
-    total = int(run.table("curated").count())
-    assert sizes.curated == min(replaced + 1, total) and mixes.kept_originals() == sizes.curated - replaced
-    assert mixes.curated["replaced"].tolist() == [True] * replaced + [False] * (sizes.curated - replaced)
+    assert sizes.curated == replaced + 1 and mixes.kept_originals() == 1
+    assert mixes.curated["replaced"].tolist() == [True] * replaced + [False]  # revisions first
+    # still short with the kept originals too: an error, never fewer curated texts than asked for
+    with pytest.raises(CuratedShortfallError, match="even with evaluation.allow_kept_originals"):
+        build_mixes(spark, run.store, run.run_id, ok.with_overrides(["evaluation.curated_ratio=5.0"]).evaluation)
     # a run without curated mixes does not need any
     build_mixes(spark, run.store, run.run_id, cfg.with_overrides(["evaluation.mixes=[A, C]"]).evaluation)
 

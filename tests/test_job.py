@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -23,7 +23,11 @@ from cleancurate.jobs.curation.stages import curate
 from cleancurate.schemas import TABLES
 
 pytestmark = [pytest.mark.spark, pytest.mark.model]
+ROOT = Path(__file__).resolve().parent.parent
 COMPARED = ("docs", "rounds", "curated", "quarantine", "mix")
+# the test session's settings for tiny data (tests/conftest.py), for the job's own processes
+SMALL_DATA_CONF = {"spark.sql.shuffle.partitions": "1", "spark.sql.adaptive.enabled": "false",
+                   "spark.databricks.delta.stats.collect": "false", "spark.ui.enabled": "false"}
 
 
 @pytest.fixture(scope="module")
@@ -185,37 +189,76 @@ def test_a_changed_config_against_an_existing_output_is_an_error(spark, run, sha
 
 
 @pytest.mark.slow
-def test_sigkill_after_round_one_then_restart_matches_an_uninterrupted_run(spark, run, shared_raw, workdir):
-    """The job runs as its own process (driver and JVM) and is SIGKILLed once round 1 is
-    committed; the restart, here in the test's session, resumes after round 1 from the
-    tables alone and ends with the uninterrupted run's tables."""
+def test_spark_submit_killed_after_round_one_resumes_in_the_notebook_and_a_rerun_exits_cleanly(
+        spark, run, shared_raw, shared_input, workdir):
+    """The three ways users start the job, on one run, each in processes of its own as a user starts them:
+
+    1. ``spark-submit jobs/curate.py`` (its own JVM, driver and workers) is SIGKILLed, with
+       its whole process group, once round 1 is committed: no clean-up runs;
+    2. the notebook, executed headless in a fresh kernel (another JVM), resumes the same
+       run after round 1 from the tables alone, finishes it and shows the report;
+    3. ``spark-submit`` again finds the run complete and exits 0 without redoing work.
+
+    The tables end equal to the uninterrupted shared run's, row for row.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+
+    from cleancurate.session import delta_maven_coordinate
+
     out = workdir / "killed"
-    cfg_path = jobdata.write_config(workdir / "killed.yaml", {**shared_raw, "output": {"path": str(out)}})
-    cmd = [sys.executable, "-m", "cleancurate.jobs.curate", "--config", cfg_path, "--no-report"]
-    env = {**os.environ, "CLEANCURATE_LOAD_LOG": str(workdir / "loads-killed.log")}
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+    # the shared run's config with its own output and the report on (neither changes the run id)
+    cfg_path = jobdata.write_config(workdir / "killed.yaml", {**shared_raw, "output": {"path": str(out)},
+                                                               "report": {"enabled": True}})
+    submit = [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[2]",
+              "--packages", delta_maven_coordinate(), "--driver-memory", "2g",
+              *sum((["--conf", f"{k}={v}"] for k, v in SMALL_DATA_CONF.items()), []),
+              "jobs/curate.py", "--config", cfg_path]
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "CLEANCURATE_LOAD_LOG": str(workdir / "loads-killed.log")}
+    # spark-submit's Python driver writes its stderr (the progress lines) to spark-submit's stdout
+    proc = subprocess.Popen(submit, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                             start_new_session=True, env=env)
-    killed = False
-    deadline = time.time() + 600
+    watchdog = threading.Timer(600, os.killpg, (proc.pid, signal.SIGKILL))  # a silent hang cannot block the suite
+    watchdog.start()
+    killed, seen = False, []
     try:
-        for line in proc.stderr:
+        for line in proc.stdout:
+            seen.append(line)
             if "round 1 committed" in line:
-                os.killpg(proc.pid, signal.SIGKILL)  # the driver and its JVM, no clean-up
+                os.killpg(proc.pid, signal.SIGKILL)  # spark-submit, its JVM, the driver and workers
                 killed = True
                 break
-            assert time.time() < deadline, "job did not reach round 1"
     finally:
-        if not killed:
+        watchdog.cancel()
+        if not killed and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert killed and proc.returncode == -signal.SIGKILL
+    assert killed and proc.returncode == -signal.SIGKILL, "".join(seen)[-4000:]
     assert not (out / "curated").exists()
-    events = []
-    resumed = curate(None, C.load(cfg_path), spark=spark, report=False, progress=events.append)
-    start = next(e for e in events if e["event"] == "start")
-    assert start["resume_after_round"] == 1
-    assert resumed.complete and resumed.resumed_from_round == 1 and resumed.run_id == run.run_id
-    assert [e["round"] for e in events if e["event"] == "round_start"] == [2]
+
+    nb = nbformat.read(ROOT / "notebooks" / "curate.ipynb", as_version=4)
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    params.source += (f"\ninput_table = {shared_input!r}\noutput = {str(out)!r}\nprofile = {cfg_path!r}\n"
+                      f"overrides = {['spark.conf=' + repr(SMALL_DATA_CONF)]!r}\n")
+    NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert f"run {run.run_id}: resumed after round 1" in text
+    # the notebook's run went on from round 2: round 1's rows were committed once, by the killed process
+    def commits(folder):
+        return {t: len(list((Path(folder) / t / "_delta_log").glob("*.json"))) for t in ("runs", *COMPARED)}
+
+    assert commits(out)["rounds"] == commits(run.store.output.path)["rounds"]  # as many as an unbroken run
+    images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.get("data", {})]
+    assert len(images) >= 4 and "report:" in text and (out / "report" / "report.html").is_file()
+    same_tables(spark, run.store.output.path, str(out))
+
+    before = commits(out)
+    again = subprocess.run(submit, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert again.returncode == 0, again.stdout[-4000:]
+    assert "tables in" in again.stdout and "resuming after round 2" in again.stdout
+    assert commits(out) == before  # a finished run is not written again
     same_tables(spark, run.store.output.path, str(out))
 
 

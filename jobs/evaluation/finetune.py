@@ -238,29 +238,34 @@ def train_and_answer(payload: dict) -> dict | None:
     model, tokenizer, dev = load_trainable(mc["name"], device, mc["allow_network"], method=ev["method"])
     stats = {"examples": 0, "skipped": 0, "steps": 0, "losses": [], "seconds": 0.0, "trainable_params": 0,
              "total_params": sum(p.numel() for p in model.parameters()), "phases": []}
-    for phase in training_phases(payload):
-        if not phase["pairs"]:
-            continue
-        if ev["method"] == "lora":
-            model = add_lora(model, ev)  # fresh adapters per phase, merged after it
-        net = model
-        if world > 1:
-            import torch.distributed as dist
-            from torch.nn.parallel import DistributedDataParallel
+    if world > 1:
+        import torch.distributed as dist
 
-            if not dist.is_initialized():
-                dist.init_process_group("nccl" if dev.startswith("cuda") else "gloo")
-            net = DistributedDataParallel(model, device_ids=[local_rank] if dev.startswith("cuda") else None)
-        st = train(net, tokenizer, phase["pairs"], ev, rank=rank, world=world)
-        if ev["method"] == "lora":
-            model = model.merge_and_unload()  # plain weights: the next phase, scoring and generation run on them
+        if not dist.is_initialized():  # every mix, base too: the barrier below needs the group
+            dist.init_process_group("nccl" if dev.startswith("cuda") else "gloo")
+    for index, phase in enumerate(training_phases(payload)):
+        record = {"phase": phase.get("phase", index + 1), "kinds": list(phase.get("kinds", [])),
+                  "rows": len(phase["pairs"]), "examples": 0, "skipped": 0, "steps": 0, "losses": [], "seconds": 0.0}
+        if phase["pairs"]:
+            if ev["method"] == "lora":
+                # adapters start from the seed, not from whatever this process drew before
+                torch.manual_seed(int(ev["seed"]) + index)
+                model = add_lora(model, ev)  # fresh adapters per phase, merged after it
+            net = model
+            if world > 1:
+                from torch.nn.parallel import DistributedDataParallel
+
+                net = DistributedDataParallel(model, device_ids=[local_rank] if dev.startswith("cuda") else None)
+            st = train(net, tokenizer, phase["pairs"], ev, rank=rank, world=world)
+            del net
+            if ev["method"] == "lora":
+                model = model.merge_and_unload()  # plain weights: the next phase, scoring and generation run on them
+            record.update({k: st[k] for k in ("examples", "skipped", "steps", "losses", "seconds")})
+            stats["trainable_params"] = max(stats["trainable_params"], st["trainable_params"])
         for key in ("examples", "skipped", "steps", "seconds"):
-            stats[key] += st[key]
-        stats["losses"] += st["losses"]
-        stats["trainable_params"] = max(stats["trainable_params"], st["trainable_params"])
-        stats["phases"].append({"phase": phase.get("phase", len(stats["phases"]) + 1),
-                                "kinds": list(phase.get("kinds", [])), "rows": len(phase["pairs"]),
-                                **{k: st[k] for k in ("examples", "skipped", "steps", "losses", "seconds")}})
+            stats[key] += record[key]
+        stats["losses"] += record["losses"]
+        stats["phases"].append(record)
     if world > 1:
         import torch.distributed as dist
 

@@ -12,10 +12,12 @@
     report section (markdown + chart)                               -> <output>/report/evaluation.md
 
 The evaluation run id is derived from everything that changes its result (the
-``evaluation`` section, the model, the judges' settings, the curation run and the
-prompt sets' content), so rerunning the same command resumes: a mix whose
-``eval_mixes`` row is committed is skipped, not retrained; a mix that was cut short
-is trained again from the start and its slices replaced.
+``evaluation`` section, the model, the judges' settings, the curation run, the curated
+texts' run when it is another one, and the prompt sets' content; not the list of
+mixes, since a mix's rows and training do not depend on the others), so rerunning the
+same command resumes: a mix whose ``eval_mixes`` row is committed is skipped, not
+retrained; a mix that was cut short is trained again from the start and its slices
+replaced; a mix added to a finished evaluation is the only one trained.
 
 This module holds the steps and the tables; what a metric is lives in
 :mod:`~cleancurate.jobs.evaluation.metrics` and how answers are judged in
@@ -41,7 +43,7 @@ from cleancurate.engine.harm import check_batch, load_guard
 from cleancurate.jobs.evaluation import stats
 from cleancurate.jobs.evaluation.judging import judge_answers
 from cleancurate.jobs.evaluation.metrics import Metric, difference_interval, metric_interval, metrics_for
-from cleancurate.jobs.evaluation.mixes import build_mixes, curated_store, latest_curation_run
+from cleancurate.jobs.evaluation.mixes import MIX_KINDS, build_mixes, curated_store, latest_curation_run
 from cleancurate.jobs.evaluation.promptsets import PromptSet, load_prompt_set
 from cleancurate.tables import TableStore, sql_literal
 
@@ -305,19 +307,20 @@ class EvaluationJob:
         self.curation_run_id = ev.curation_run_id or latest_curation_run(self.store)
         harmful, benign = self._prompt_sets()
         cstore, crun = curated_store(self.spark, self.store, self.curation_run_id, ev)
-        other = None if (cstore is self.store and crun == self.curation_run_id) else f"{cstore.location('')}@{crun}"
+        same = cstore.location("").rstrip("/") == self.store.location("").rstrip("/") and crun == self.curation_run_id
+        other = None if same else f"{cstore.location('').rstrip('/')}@{crun}"
         self.hash = evaluation_hash(self.cfg, self.curation_run_id, {"harmful": harmful.digest, "benign": benign.digest},
                                     other)
         self.eval_run_id = f"eval-{self.hash[:12]}"
         done = self._finished_mixes()
         self._emit("start", curation_run_id=self.curation_run_id, config_hash=self.hash,
                    finished=sorted(done), harmful_prompts=len(harmful), benign_prompts=len(benign))
-        mixes, sizes = build_mixes(self.spark, self.store, self.curation_run_id, ev)
-        if sizes.harmful == 0 and any(m in ev.mixes for m in ("A", "B")):
+        pending = [m for m in ev.mixes if m not in done]
+        mixes, sizes = build_mixes(self.spark, self.store, self.curation_run_id, ev, pending, (cstore, crun))
+        if sizes.harmful == 0 and any("harmful" in MIX_KINDS[m] for m in ev.mixes):
             raise ConfigError(
                 f"curation run {self.curation_run_id} has no harmful rows to contaminate mix A with (the screen "
                 "flagged none); set evaluation.harmful_table to a table of harmful pairs")
-        pending = [m for m in ev.mixes if m not in done]
         if pending:
             prov = mixes.rows(pending)
             recs = [{"eval_run_id": self.eval_run_id, "mix": m, "kind": k, "doc_id": d, "phase": int(p)}

@@ -217,12 +217,18 @@ def _harmful_source(spark, store: TableStore, run_id: str, ev: EvaluationConfig)
     return df.select(doc_id.alias("doc_id"), q.alias("query"), r.alias("response"))
 
 
-def build_mixes(spark, store: TableStore, run_id: str, ev: EvaluationConfig) -> tuple[TrainingMixes, MixSizes]:
+def build_mixes(spark, store: TableStore, run_id: str, ev: EvaluationConfig, mixes=None,
+                curated: tuple[TableStore, str] | None = None) -> tuple[TrainingMixes, MixSizes]:
     """Collect the rows of every mix of curation run ``run_id`` (see the module docstring).
 
+    Args:
+        mixes: the mixes still to train (default ``evaluation.mixes``): only they need curated texts.
+        curated: the output and run of the curated texts, when already resolved (:func:`curated_store`).
+
     Raises:
-        CuratedShortfallError: a mix in ``evaluation.mixes`` needs more curated texts than
-            there are revisions, and ``allow_kept_originals`` is false.
+        CuratedShortfallError: a mix to train needs more curated texts than there are
+            revisions and ``allow_kept_originals`` is false, or more than there are
+            revisions and kept originals together.
     """
     from pyspark.sql import functions as F
 
@@ -230,7 +236,7 @@ def build_mixes(spark, store: TableStore, run_id: str, ev: EvaluationConfig) -> 
     benign = (store.read("mix").where((F.col("run_id") == run_id) & (F.col("source") == "original"))
               .select("doc_id", "query", "response").where(usable))
     harmful = _harmful_source(spark, store, run_id, ev).where(usable)
-    cstore, crun = curated_store(spark, store, run_id, ev)
+    cstore, crun = curated or curated_store(spark, store, run_id, ev)
     curated = (cstore.read("curated").where(F.col("run_id") == crun)
                .select("doc_id", "query", F.col("response_curated").alias("response"),
                        F.col("improved").alias("replaced"))
@@ -244,7 +250,13 @@ def build_mixes(spark, store: TableStore, run_id: str, ev: EvaluationConfig) -> 
     sizes = plan_sizes(benign.count(), harmful.count(), available, ev.contamination, ev.curated_ratio,
                        ev.max_benign)
     need = round(ev.curated_ratio * sizes.harmful)
-    users = [m for m in ev.mixes if m in CURATED_MIXES]
+    users = [m for m in (ev.mixes if mixes is None else mixes) if m in CURATED_MIXES]
+    if users and ev.allow_kept_originals and need > available:
+        raise CuratedShortfallError(
+            f"mix(es) {users} need {need} curated texts (evaluation.curated_ratio {ev.curated_ratio:g} x "
+            f"{sizes.harmful} harmful rows) but curation {source} has only {source.replaced} revision(s) and "
+            f"{source.kept} kept original(s) even with evaluation.allow_kept_originals; lower "
+            "evaluation.curated_ratio or curate more documents")
     if users and need > source.replaced and not ev.allow_kept_originals:
         raise CuratedShortfallError(
             f"mix(es) {users} need {need} curated texts (evaluation.curated_ratio {ev.curated_ratio:g} x "

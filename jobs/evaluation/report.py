@@ -1,7 +1,7 @@
 """The evaluation's report section: ``report/evaluation.md`` with a bar chart per metric.
 
-Built from the Delta tables alone (``evaluation``, ``eval_mixes``, ``eval_answers``), so
-``cleancurate evaluate --report-only`` can rebuild it. The chart has one panel per
+Built from the Delta tables alone (``evaluation``, ``eval_mixes``, ``eval_answers``; the
+mixes an evaluation finished), so it can be rebuilt from them. The chart has one panel per
 metric, a bar per mix with its bootstrap interval as error bars, and a second figure
 with the paired differences (A-B, A-C, A-before, A-after) around zero. When the
 evaluation has stage mixes, a third chart gives the harmful rate per stage of
@@ -58,9 +58,13 @@ def report_data(store, eval_run_id: str) -> dict:
     from pyspark.sql import functions as F
 
     where = F.col("eval_run_id") == eval_run_id
+    mixes = store.read("eval_mixes").where(where & (F.col("status") == "complete")).toPandas()
+    # only finished mixes: a mix cut short and then dropped from evaluation.mixes left slices behind
+    done = set(mixes["mix"])
     ev = store.read("evaluation").where(where).toPandas()
-    mixes = store.read("eval_mixes").where(where).toPandas()
+    ev = ev[ev["mix"].map(lambda m: all(part in done for part in m.split("-")))]
     answers = store.read("eval_answers").where(where).drop("reference").toPandas()
+    answers = answers[answers["mix"].isin(done)]
     ev = ev.assign(_k=ev["mix"].map(_mix_key)).sort_values(["metric", "_k"]).drop(columns="_k")
     mixes = mixes.assign(_k=mixes["mix"].map(_mix_key)).sort_values("_k").drop(columns="_k")
     return {"evaluation": ev, "mixes": mixes, "answers": answers}
@@ -119,12 +123,17 @@ def _stage_chart(ev: pd.DataFrame, folder: Path, conf: int = 95) -> str | None:
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.2), squeeze=False)
     for ax, metric in zip(axes.flat, metrics):
         d = ev[ev["metric"] == metric].set_index("mix")
-        names = [m for m, _ in present]
-        vals = d.loc[names, "value"].astype(float).fillna(0.0)
+        names = [m for m, _ in present if m in d.index]
+        raw = d.loc[names, "value"].astype(float)
+        vals = raw.fillna(0.0)
         lo = (vals - d.loc[names, "ci_low"].astype(float)).clip(lower=0).fillna(0.0)
         hi = (d.loc[names, "ci_high"].astype(float) - vals).clip(lower=0).fillna(0.0)
         colors = ["#bbbbbb" if m == "A" else "#54a24b" for m in names]
-        ax.bar([f"{label}\n({m})" for m, label in present], vals, yerr=[lo, hi], capsize=4, color=colors)
+        labels = [label if label == m else f"{label}\n({m})" for m, label in present if m in d.index]
+        ax.bar(labels, vals, yerr=[lo, hi], capsize=4, color=colors)
+        for x, v in enumerate(raw):
+            if v != v:  # no answer could be judged: say so rather than draw a rate of zero
+                ax.text(x, 0.02, "n/a", ha="center", fontsize=8)
         ax.set_ylim(0, 1)
         ax.set_title(metric, fontsize=9)
         ax.tick_params(labelsize=8)
@@ -149,17 +158,22 @@ def trained_on(mixes: pd.DataFrame) -> list[str]:
 
     lines = ["| mix | phase 1 | phase 2 | curated texts |", "|---|---|---|---|"]
     for r in mixes.itertuples(index=False):
-        phases = json.loads(r.phases_json) if isinstance(getattr(r, "phases_json", None), str) else []
-        cells = [_cell(_phase_text(p), 200) for p in phases[:2]]
-        if not cells and r.mix == "base":
-            cells = ["(not fine-tuned)"]
-        cells += [""] * (2 - len(cells))
+        recorded = isinstance(getattr(r, "phases_json", None), str)
+        phases = {int(p["phase"]): p for p in json.loads(r.phases_json)} if recorded else {}
+        cells = [_cell(_phase_text(phases[i]), 200) if i in phases else "" for i in (1, 2)]
+        if r.mix == "base":
+            cells[0] = "(not fine-tuned)"
+        elif not recorded:
+            cells[0] = "(not recorded: written by an older version)"
         curated = ""
         if r.curated_rows:
             kept = getattr(r, "curated_kept_rows", None)
-            kept = 0 if kept is None or pd.isna(kept) else int(kept)
-            curated = (f"{r.curated_rows - kept} revisions + {kept} kept originals from "
-                       f"`{_cell(getattr(r, 'curated_source', '') or '', 120)}`")
+            source = getattr(r, "curated_source", None)
+            if kept is None or pd.isna(kept) or not isinstance(source, str):
+                curated = f"{r.curated_rows} (revisions and kept originals not recorded)"
+            else:
+                curated = (f"{r.curated_rows - int(kept)} revisions + {int(kept)} kept originals from "
+                           f"`{_cell(source, 120)}`")
         lines.append(f"| {r.mix} | " + " | ".join(cells) + f" | {curated} |")
     return lines
 
