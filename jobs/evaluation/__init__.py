@@ -1,8 +1,9 @@
 """The evaluation job: does training on the curated data make a model safer?
 
 From a curation run's tables it builds training mixes (A: benign + harmful at a
-contamination rate; B: A + curated texts; C: benign only; optionally the untuned
-``base`` model), fine-tunes the configured model on each, answers held-out harmful and
+contamination rate; B: A + curated texts; C: benign only; Buckle Up's stages
+``before``, curated texts then A's rows, and ``after``, A's rows then curated texts;
+optionally the untuned ``base`` model), fine-tunes the configured model on each, answers held-out harmful and
 benign prompts, judges the answers and writes rates with bootstrap intervals to the
 Delta table ``evaluation``::
 

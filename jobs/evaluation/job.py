@@ -392,7 +392,8 @@ def _spark_row(record: dict, schema, table: str) -> tuple:
 
 def evaluate(config: Config | str, spark=None, overrides: list[str] | None = None, progress: ProgressFn | None = None,
              stop_after_mix: str | None = None, report: bool = True) -> EvaluationResult:
-    """Evaluate a curation run: train on mixes A/B/C, answer held-out prompts, write ``evaluation``.
+    """Evaluate a curation run: train on each mix (A, B, C, before, after), answer held-out prompts, write
+    ``evaluation``.
 
     Args:
         config: a :class:`Config` or a profile name / YAML path; its ``output`` holds the curation run.
