@@ -53,6 +53,11 @@ class TableStore:
         return f"{self.output.path.rstrip('/')}/{name}"
 
     @property
+    def root(self) -> str:
+        """The output itself, as one string: its folder (no trailing slash) or its table prefix."""
+        return self.output.table_prefix or self.output.path.rstrip("/")
+
+    @property
     def catalog(self) -> bool:
         return bool(self.output.table_prefix)
 

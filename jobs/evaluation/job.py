@@ -307,8 +307,7 @@ class EvaluationJob:
         self.curation_run_id = ev.curation_run_id or latest_curation_run(self.store)
         harmful, benign = self._prompt_sets()
         cstore, crun = curated_store(self.spark, self.store, self.curation_run_id, ev)
-        same = cstore.location("").rstrip("/") == self.store.location("").rstrip("/") and crun == self.curation_run_id
-        other = None if same else f"{cstore.location('').rstrip('/')}@{crun}"
+        other = None if (cstore.root, crun) == (self.store.root, self.curation_run_id) else f"{cstore.root}@{crun}"
         self.hash = evaluation_hash(self.cfg, self.curation_run_id, {"harmful": harmful.digest, "benign": benign.digest},
                                     other)
         self.eval_run_id = f"eval-{self.hash[:12]}"

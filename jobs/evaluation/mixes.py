@@ -242,7 +242,7 @@ def build_mixes(spark, store: TableStore, run_id: str, ev: EvaluationConfig, mix
                        F.col("improved").alias("replaced"))
                .where(usable))
     counts = {r.replaced: r["count"] for r in curated.groupBy("replaced").count().collect()}
-    source = CuratedSource(cstore.location("").rstrip("/"), crun, int(counts.get(True, 0)),
+    source = CuratedSource(cstore.root, crun, int(counts.get(True, 0)),
                            int(counts.get(False, 0)))
     if not ev.allow_kept_originals:
         curated = curated.where(F.col("replaced"))

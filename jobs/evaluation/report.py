@@ -70,6 +70,19 @@ def report_data(store, eval_run_id: str) -> dict:
     return {"evaluation": ev, "mixes": mixes, "answers": answers}
 
 
+def _bars(ax, d: pd.DataFrame, labels, color) -> None:
+    """One bar per row of ``d`` (``value``, ``ci_low``, ``ci_high``) with its interval as error bars; a value
+    that could not be computed is marked n/a rather than drawn as zero."""
+    raw = d["value"].astype(float)
+    vals = raw.fillna(0.0)
+    lo = (vals - d["ci_low"].astype(float)).clip(lower=0).fillna(0.0)
+    hi = (d["ci_high"].astype(float) - vals).clip(lower=0).fillna(0.0)
+    ax.bar(list(labels), vals, yerr=[lo, hi], capsize=4, color=color)
+    for x, v in enumerate(raw):
+        if v != v:
+            ax.text(x, 0.02, "n/a", ha="center", fontsize=8)
+
+
 def _charts(ev: pd.DataFrame, folder: Path, conf: int = 95) -> dict[str, str]:
     import matplotlib
 
@@ -87,10 +100,7 @@ def _charts(ev: pd.DataFrame, folder: Path, conf: int = 95) -> dict[str, str]:
         fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
         for ax, metric in zip(axes.flat, metrics):
             d = frame[frame["metric"] == metric]
-            vals = d["value"].astype(float).fillna(0.0)
-            lo = (vals - d["ci_low"].astype(float)).clip(lower=0).fillna(0.0)
-            hi = (d["ci_high"].astype(float) - vals).clip(lower=0).fillna(0.0)
-            ax.bar(d["mix"], vals, yerr=[lo, hi], capsize=4, color="#4c78a8" if not zero else "#f58518")
+            _bars(ax, d, d["mix"], "#4c78a8" if not zero else "#f58518")
             if zero:
                 ax.axhline(0.0, color="black", linewidth=0.8)
             ax.set_title(metric, fontsize=9)
@@ -120,20 +130,12 @@ def _stage_chart(ev: pd.DataFrame, folder: Path, conf: int = 95) -> str | None:
     metrics = [m for m in dict.fromkeys(ev["metric"]) if m.startswith("harmful_rate")]
     if not metrics:
         return None
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(max(6.0, 4.2 * len(metrics)), 3.2), squeeze=False)
     for ax, metric in zip(axes.flat, metrics):
         d = ev[ev["metric"] == metric].set_index("mix")
-        names = [m for m, _ in present if m in d.index]
-        raw = d.loc[names, "value"].astype(float)
-        vals = raw.fillna(0.0)
-        lo = (vals - d.loc[names, "ci_low"].astype(float)).clip(lower=0).fillna(0.0)
-        hi = (d.loc[names, "ci_high"].astype(float) - vals).clip(lower=0).fillna(0.0)
-        colors = ["#bbbbbb" if m == "A" else "#54a24b" for m in names]
-        labels = [label if label == m else f"{label}\n({m})" for m, label in present if m in d.index]
-        ax.bar(labels, vals, yerr=[lo, hi], capsize=4, color=colors)
-        for x, v in enumerate(raw):
-            if v != v:  # no answer could be judged: say so rather than draw a rate of zero
-                ax.text(x, 0.02, "n/a", ha="center", fontsize=8)
+        shown = [(m, label) for m, label in present if m in d.index]
+        _bars(ax, d.loc[[m for m, _ in shown]], [label if label == m else f"{label}\n({m})" for m, label in shown],
+              ["#bbbbbb" if m == "A" else "#54a24b" for m, _ in shown])
         ax.set_ylim(0, 1)
         ax.set_title(metric, fontsize=9)
         ax.tick_params(labelsize=8)
