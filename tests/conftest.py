@@ -35,12 +35,10 @@ def encoder():
 @pytest.fixture(scope="session")
 def spark():
     """One local SparkSession with Delta for the whole test session."""
+    import jobdata
     from cleancurate.session import get_spark
 
-    # tiny data: one shuffle partition and no adaptive re-planning keep each stage cheap
-    s = get_spark("local[2]", "cleancurate-tests", {
-        "spark.sql.shuffle.partitions": "1", "spark.sql.adaptive.enabled": "false",
-        "spark.databricks.delta.stats.collect": "false"})
+    s = get_spark("local[2]", "cleancurate-tests", jobdata.SMALL_DATA_CONF)
     yield s
     s.stop()
 

@@ -3,7 +3,9 @@
 The fakes make each document's story known in advance: g04's revisions are ever less
 perplexing, g03's ever more, g01's are all rejected by the gate, g05's are a mixture;
 g02 fails scoring and g06 is over ``limits.max_tokens`` in round 0; the screen finds
-u01 harmful and fails on u03. A revision at temperature 1.0 repeats its parent.
+u01 harmful and fails on u03 (the minimize run quarantines both, the maximize run keeps
+them in ``mix`` flagged: ``harm.screen_action: flag``). A revision at temperature 1.0
+repeats its parent.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ def fake_config(input_path: str, out: str, objective: str = "minimize") -> C.Con
     raw["limits"] = {"max_tokens": 100}  # g06's response is 103 characters, one token each
     raw["harm"] = {"threshold": 0.5}
     if objective == "maximize":
+        raw["harm"]["screen_action"] = "flag"
         raw["curation"]["prompt_file"] = "prompts/buckle_up_revise.txt"
         raw["gate"] = {"ppl_ceiling_ratio": 5.0, "safety_check": "keywords"}
     return C.from_dict(raw)
@@ -172,9 +175,22 @@ def test_minimize_with_fakes_ranks_picks_and_accounts_for_every_row_after_a_stop
     assert mix.loc["g02", "source"] == "original"  # quarantined in round 0, its original stays in the mix
 
 
-def test_maximize_with_fakes_never_keeps_the_original(spark, tmp_path):
+def test_maximize_with_fakes_never_keeps_the_original_and_the_flag_action_keeps_unsafe_originals(
+        spark, tmp_path):
     res, tb = run_fake(spark, tmp_path, "maximize")
     cur, q, r = tb["curated"].set_index("doc_id"), tb["quarantine"], tb["rounds"]
+    # harm.screen_action: flag: u01 (harmful) and u03 (screen failed: fail closed) are never selected
+    # and stay in the mix as they were, flagged; nothing is quarantined by the screen
+    docs, mix = tb["docs"], tb["mix"]
+    assert sorted(docs[docs.unsafe].doc_id) == ["u01", "u03"] and not docs[docs.unsafe].selected.any()
+    assert "screen" not in set(q.stage)
+    flagged = mix[mix.safety_flag].sort_values("doc_id")
+    assert list(flagged.doc_id) == ["u01", "u03"] and (flagged.source == "original").all()
+    assert list(flagged.response) == [a for _, _, a in SCREENED] and not flagged.selected.any()
+    assert not mix[~mix.safety_flag].doc_id.isin(["u01", "u03"]).any()
+    # rows in = rows out + rows quarantined (validation only: round 0 and curate keep originals in the mix)
+    assert res.counts["input_rows"] == len(jobdata.rows()) + 2 == len(mix) + len(q[q.stage == "validate"])
+    assert res.counts["unsafe_rows"] == 2 and res.counts["mix_rows"] == len(mix)
     originals = r[r.is_original & ~r.doc_id.isin(["g02", "g06"])]  # those two failed round 0
     assert set(originals.reject_reason) == {"original"} and not originals.passed.any()
     assert sorted(cur.index) == ["g03", "g04", "g05"] and cur.improved.all() and cur.kept_reason.isna().all()
@@ -185,5 +201,4 @@ def test_maximize_with_fakes_never_keeps_the_original(spark, tmp_path):
     assert list(curate.doc_id) == ["g01"] and list(curate.reason) == [NO_REVISION_PASSED]
     assert curate.detail.iloc[0] == "candidates tried: 3; rejected by rule: lost_content:3"
     check_beams_and_picks(tb, Objective("maximize"), res.config.curation.beam_size)
-    assert res.counts["quarantined_by_stage"] == {"validate": len(jobdata.BAD), "screen": 2, "round0": 2,
-                                                  "curate": 1}
+    assert res.counts["quarantined_by_stage"] == {"validate": len(jobdata.BAD), "round0": 2, "curate": 1}

@@ -37,4 +37,4 @@ def test_cli_errors_name_the_problem(tmp_path):
 
 
 # spark-submit and the notebook run the real job in tests/test_job.py: a spark-submit run killed after
-# round 1, resumed by the notebook, then rerun by spark-submit (one real-model run for all three).
+# round 1 and resumed by the notebook (one real-model run for both).

@@ -25,9 +25,7 @@ from cleancurate.schemas import TABLES
 pytestmark = [pytest.mark.spark, pytest.mark.model]
 ROOT = Path(__file__).resolve().parent.parent
 COMPARED = ("docs", "rounds", "curated", "quarantine", "mix")
-# the test session's settings for tiny data (tests/conftest.py), for the job's own processes
-SMALL_DATA_CONF = {"spark.sql.shuffle.partitions": "1", "spark.sql.adaptive.enabled": "false",
-                   "spark.databricks.delta.stats.collect": "false", "spark.ui.enabled": "false"}
+SMALL_DATA_CONF = jobdata.SMALL_DATA_CONF
 
 
 @pytest.fixture(scope="module")
@@ -189,15 +187,16 @@ def test_a_changed_config_against_an_existing_output_is_an_error(spark, run, sha
 
 
 @pytest.mark.slow
-def test_spark_submit_killed_after_round_one_resumes_in_the_notebook_and_a_rerun_exits_cleanly(
+def test_spark_submit_killed_after_round_one_resumes_in_the_notebook_and_a_rerun_writes_nothing(
         spark, run, shared_raw, shared_input, workdir):
-    """The three ways users start the job, on one run, each in processes of its own as a user starts them:
+    """Two ways users start the job, on one run, each in processes of its own as a user starts them:
 
     1. ``spark-submit jobs/curate.py`` (its own JVM, driver and workers) is SIGKILLed, with
        its whole process group, once round 1 is committed: no clean-up runs;
     2. the notebook, executed headless in a fresh kernel (another JVM), resumes the same
        run after round 1 from the tables alone, finishes it and shows the report;
-    3. ``spark-submit`` again finds the run complete and exits 0 without writing anything.
+    3. the job run again (in this session: the entry points share ``curate``) finds the run
+       complete and writes nothing.
 
     The tables end equal to the uninterrupted shared run's, row for row.
     """
@@ -255,9 +254,8 @@ def test_spark_submit_killed_after_round_one_resumes_in_the_notebook_and_a_rerun
     same_tables(spark, run.store.output.path, str(out))
 
     before = commits(out)
-    again = subprocess.run([*submit, "--no-report"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
-    assert again.returncode == 0, again.stdout[-4000:]
-    assert "tables in" in again.stdout and "resuming after round 2" in again.stdout
+    again = curate(None, C.load(cfg_path), spark=spark, report=False)
+    assert (again.run_id, again.complete, again.resumed_from_round) == (run.run_id, True, 2)
     assert commits(out) == before  # a finished run is not written again
     same_tables(spark, run.store.output.path, str(out))
 

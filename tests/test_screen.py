@@ -63,14 +63,6 @@ def test_shipped_head_on_held_out_examples(encoder):
     assert sum(harm[h] > harm[s] for h, s in pairs) / len(pairs) >= 0.75
 
 
-def _screen_config(input_path: str, out: str, action: str) -> C.Config:
-    raw = jobdata.job_config(input_path, out, rounds=1)
-    raw["selection"] = {"fraction": 1.0, "seed": 3, "max_docs": 1}
-    raw["curation"].update(temperatures=[0.7], top_ps=[0.9], max_new_tokens=8, beam_size=1)
-    raw["harm"] = {"screen_action": action}
-    return C.from_dict(raw)
-
-
 def _accounting(res, rows, mix, q, screened) -> None:
     """rows in = rows out + rows quarantined, and the job's own counts agree."""
     assert len(rows) == len(mix) + len(q[q.stage.isin(["validate", "screen"])])
@@ -94,27 +86,6 @@ def test_screen_quarantines_unsafe_originals_and_accounts_for_every_row(spark, c
     assert set(mix.doc_id) == valid
     assert not mix.safety_flag.any()
     _accounting(res, jobdata.shared_rows(), mix, q, screened)
-
-
-@pytest.mark.spark
-@pytest.mark.model
-def test_screen_flag_action_keeps_unsafe_originals_in_the_mix_uncurated(spark, tmp_path):
-    from cleancurate.jobs.curation.stages import curate
-
-    rows = [(i, q, r) for i, q, r in jobdata.GOOD[:3]] + HARMFUL[:2]
-    src = str(tmp_path / "in.parquet")
-    spark.createDataFrame(rows, "id string, query string, response string").coalesce(1).write.parquet(src)
-    res = curate(None, _screen_config(src, str(tmp_path / "out"), "flag"), spark=spark, report=False)
-    docs, mix, q = (res.table(n).toPandas() for n in ("docs", "mix", "quarantine"))
-    assert sorted(docs[docs.unsafe].doc_id) == ["u01", "u02"]
-    assert not docs[docs.unsafe].selected.any()
-    screened = q[q.stage == "screen"]
-    assert len(screened) == 0
-    flagged = mix[mix.safety_flag]
-    assert sorted(flagged.doc_id) == ["u01", "u02"]
-    assert (flagged.source == "original").all() and not flagged.selected.any()
-    assert list(flagged.sort_values("doc_id").response) == [a for _, _, a in HARMFUL[:2]]
-    _accounting(res, rows, mix, q, screened)
 
 
 def test_head_carries_its_threshold_and_scores_refusals_zero():
