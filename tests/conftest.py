@@ -32,6 +32,14 @@ def encoder():
     return get_model("embedded:minilm-l6", kind="encoder", device="cpu")
 
 
+CHAIN_TEST = "test_spark_submit_killed_after_round_one_resumes_in_the_notebook_and_a_rerun_writes_nothing"
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The entry-point chain's test goes last: its processes run in the background until then."""
+    items.sort(key=lambda item: item.name == CHAIN_TEST)
+
+
 @pytest.fixture(scope="session")
 def spark():
     """One local SparkSession with Delta for the whole test session."""
@@ -80,3 +88,28 @@ def curation_run(spark, shared_raw):
     # model loads logged while this run executed (other tests' processes log here too)
     LOADS_DURING_SHARED_RUN[:] = LOAD_LOG.read_text().splitlines()[before:]
     return result
+
+
+# ------------------------------------------------------------------ the entry points' chain
+@pytest.fixture(scope="session", autouse=True)
+def entrypoint_chain(request, tmp_path_factory):
+    """spark-submit killed after round 1, then the notebook resuming it (tests/entrypoint_chain.py),
+    started in the background by the session's first test when its test is selected; None otherwise."""
+    if not any(item.name == CHAIN_TEST for item in request.session.items):
+        yield None
+        return
+    import jobdata
+    from entrypoint_chain import EntrypointChain
+
+    spark = request.getfixturevalue("spark")
+    shared_input, shared_raw = request.getfixturevalue("shared_input"), request.getfixturevalue("shared_raw")
+    workdir = tmp_path_factory.mktemp("chain")
+    out = workdir / "killed"
+    # the shared run's config with its own output and the report on (neither changes the run id)
+    cfg_path = jobdata.write_config(workdir / "killed.yaml", {**shared_raw, "output": {"path": str(out)},
+                                                               "report": {"enabled": True}})
+    jars = [j.removeprefix("file://") for j in spark.sparkContext.getConf().get("spark.jars").split(",")]
+    chain = EntrypointChain(cfg_path, shared_input, out, jars, jobdata.SMALL_DATA_CONF,
+                            workdir / "loads.log").start()
+    yield chain
+    chain.cancel()

@@ -5,11 +5,7 @@ gate decisions, beam, determinism, and resume after a SIGKILL (a stop with
 from __future__ import annotations
 
 import math
-import os
 import signal
-import subprocess
-import sys
-import threading
 from collections import Counter
 from pathlib import Path
 
@@ -23,9 +19,7 @@ from cleancurate.jobs.curation.stages import curate
 from cleancurate.schemas import TABLES
 
 pytestmark = [pytest.mark.spark, pytest.mark.model]
-ROOT = Path(__file__).resolve().parent.parent
 COMPARED = ("docs", "rounds", "curated", "quarantine", "mix")
-SMALL_DATA_CONF = jobdata.SMALL_DATA_CONF
 
 
 @pytest.fixture(scope="module")
@@ -188,58 +182,16 @@ def test_a_changed_config_against_an_existing_output_is_an_error(spark, run, sha
 
 @pytest.mark.slow
 def test_spark_submit_killed_after_round_one_resumes_in_the_notebook_and_a_rerun_writes_nothing(
-        spark, run, shared_raw, shared_input, workdir):
-    """Two ways users start the job, on one run, each in processes of its own as a user starts them:
+        spark, run, entrypoint_chain):
+    """spark-submit SIGKILLed once round 1 is committed, then the notebook resuming the run
+    (tests/entrypoint_chain.py: their processes ran in the background of the session); then
+    the job run again (here: the entry points share ``curate``) finds the run complete and
+    writes nothing. The tables end equal to the uninterrupted shared run's, row for row."""
+    got = entrypoint_chain.result(timeout=1800)
+    submit, nb, out = got["submit"], got["notebook"], entrypoint_chain.out
+    assert submit["killed"] and submit["returncode"] == -signal.SIGKILL, submit["output"][-4000:]
+    assert not submit["curated_after_kill"]
 
-    1. ``spark-submit jobs/curate.py`` (its own JVM, driver and workers) is SIGKILLed, with
-       its whole process group, once round 1 is committed: no clean-up runs;
-    2. the notebook, executed headless in a fresh kernel (another JVM), resumes the same
-       run after round 1 from the tables alone, finishes it and shows the report;
-    3. the job run again (in this session: the entry points share ``curate``) finds the run
-       complete and writes nothing.
-
-    The tables end equal to the uninterrupted shared run's, row for row.
-    """
-    import nbformat
-    from nbclient import NotebookClient
-
-    from cleancurate.session import delta_maven_coordinate
-
-    out = workdir / "killed"
-    # the shared run's config with its own output and the report on (neither changes the run id)
-    cfg_path = jobdata.write_config(workdir / "killed.yaml", {**shared_raw, "output": {"path": str(out)},
-                                                               "report": {"enabled": True}})
-    submit = [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[2]",
-              "--packages", delta_maven_coordinate(), "--driver-memory", "2g",
-              *sum((["--conf", f"{k}={v}"] for k, v in SMALL_DATA_CONF.items()), []),
-              "jobs/curate.py", "--config", cfg_path]
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "CLEANCURATE_LOAD_LOG": str(workdir / "loads-killed.log")}
-    # spark-submit's Python driver writes its stderr (the progress lines) to spark-submit's stdout
-    proc = subprocess.Popen(submit, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                            start_new_session=True, env=env)
-    watchdog = threading.Timer(600, os.killpg, (proc.pid, signal.SIGKILL))  # a silent hang cannot block the suite
-    watchdog.start()
-    killed, seen = False, []
-    try:
-        for line in proc.stdout:
-            seen.append(line)
-            if "round 1 committed" in line:
-                os.killpg(proc.pid, signal.SIGKILL)  # spark-submit, its JVM, the driver and workers
-                killed = True
-                break
-    finally:
-        watchdog.cancel()
-        if not killed and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert killed and proc.returncode == -signal.SIGKILL, "".join(seen)[-4000:]
-    assert not (out / "curated").exists()
-
-    nb = nbformat.read(ROOT / "notebooks" / "curate.ipynb", as_version=4)
-    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    params.source += (f"\ninput_table = {shared_input!r}\noutput = {str(out)!r}\nprofile = {cfg_path!r}\n"
-                      f"overrides = {['spark.conf=' + repr(SMALL_DATA_CONF)]!r}\n")
-    NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.output_type == "error"]
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
@@ -254,7 +206,7 @@ def test_spark_submit_killed_after_round_one_resumes_in_the_notebook_and_a_rerun
     same_tables(spark, run.store.output.path, str(out))
 
     before = commits(out)
-    again = curate(None, C.load(cfg_path), spark=spark, report=False)
+    again = curate(None, C.load(entrypoint_chain.cfg_path), spark=spark, report=False)
     assert (again.run_id, again.complete, again.resumed_from_round) == (run.run_id, True, 2)
     assert commits(out) == before  # a finished run is not written again
     same_tables(spark, run.store.output.path, str(out))
