@@ -132,3 +132,29 @@ def write_shared_parquet(spark, path: str) -> str:
 def shared_config(input_path: str, output: str) -> dict:
     """The shared run: two rounds on two selected documents, the screen on (the shipped harm head)."""
     return job_config(input_path, output, rounds=2)
+
+
+def tiny_llama():
+    """A small random Llama over the embedded tokenizer's vocabulary (49,152 ids), seeded: a
+    stand-in for a guard or a model to fine-tune where only the code path is under test."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(0)
+    shape = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 intermediate_size=96, vocab_size=49152, max_position_embeddings=2048)
+    model = AutoModelForCausalLM.from_config(LlamaConfig(**shape, tie_word_embeddings=False), dtype=torch.float32)
+    with torch.no_grad():  # spread the logits like a trained model's, so scores are not all near 0.5
+        model.lm_head.weight.mul_(8.0)
+    return model.eval()
+
+
+def save_tiny_llama(folder) -> str:
+    """:func:`tiny_llama` and the embedded tokenizer saved as a model folder (named as a user names one)."""
+    from transformers import AutoTokenizer
+
+    from cleancurate.models import embedded_lm_dir
+
+    tiny_llama().save_pretrained(folder)
+    AutoTokenizer.from_pretrained(str(embedded_lm_dir()), local_files_only=True).save_pretrained(folder)
+    return str(folder)

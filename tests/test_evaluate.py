@@ -250,14 +250,14 @@ def test_lora_on_a_bfloat16_gpu_keeps_the_frozen_base_in_bfloat16(monkeypatch):
 
 
 @pytest.mark.model
-def test_full_fine_tuning_is_seeded_and_deterministic_on_cpu():
+def test_full_fine_tuning_is_seeded_and_deterministic_on_cpu(tiny_lm_dir):
     import torch
 
     from cleancurate.jobs.evaluation.finetune import load_trainable, train
 
     import copy
 
-    base, tok, dev = load_trainable("embedded:smollm2-135m", "cpu")
+    base, tok, dev = load_trainable(tiny_lm_dir, "cpu")  # a tiny random Llama: seeding is under test
     runs = []
     for _ in range(2):
         model = copy.deepcopy(base)
@@ -318,12 +318,14 @@ def test_lora_phases_train_fresh_adapters_from_the_seed_whatever_ran_before():
 
 @pytest.mark.spark
 @pytest.mark.model
-def test_torch_distributor_runs_the_same_function_with_two_processes(spark):
+def test_torch_distributor_runs_the_same_function_with_two_processes(spark, tiny_lm_dir):
     """``distributor: torch`` runs train_and_answer under TorchDistributor: two CPU processes with
-    DistributedDataParallel (gloo), rank 0 answering every prompt."""
+    DistributedDataParallel (gloo), rank 0 answering every prompt. The model is the tests' tiny
+    random Llama (a folder, as a user names one): the path is under test, not the weights."""
     from cleancurate.jobs.evaluation.finetune import run_mix
 
     raw = jobdata.job_config("unused", "unused", rounds=1)
+    raw["model"] = {"name": tiny_lm_dir, "device": "cpu"}
     ev = C.from_dict({**raw, "evaluation": {**TRAIN, "max_steps": 1, "max_new_tokens": 4, "distributor": "torch",
                                             "num_processes": 2, "local_mode": True, "use_gpu": False}}).to_dict()
     # two phases, as the stage mixes train: DDP wraps the model again for the second one

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
+import jobdata
 from cleancurate import config as C
 from cleancurate.engine import guard as G
 from cleancurate.engine.guard import GuardFormat, GuardFormatError, guard_batch, render, verdict_tokens
@@ -44,22 +45,9 @@ def tok():
     return AutoTokenizer.from_pretrained(str(embedded_lm_dir()), local_files_only=True)
 
 
-def tiny_guard_model():
-    """A small random Llama over the embedded tokenizer's vocabulary (49,152 ids), seeded."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    torch.manual_seed(0)
-    shape = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                 intermediate_size=96, vocab_size=49152, max_position_embeddings=2048)
-    model = AutoModelForCausalLM.from_config(LlamaConfig(**shape, tie_word_embeddings=False), dtype=torch.float32)
-    with torch.no_grad():  # spread the logits like a trained model's, so scores are not all near 0.5
-        model.lm_head.weight.mul_(8.0)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def tiny_guard():
-    return tiny_guard_model()
+    return jobdata.tiny_llama()
 
 
 # --- the shipped formats: each prompt is the model card's for a fixed example ------------------

@@ -21,27 +21,14 @@ ROWS = [r for r in jobdata.GOOD[:4]] + [
 ]
 
 
-@pytest.fixture(scope="module")
-def guard_dir(tmp_path_factory):
-    """The tests' tiny random guard and the embedded tokenizer, saved as a model folder."""
-    from transformers import AutoTokenizer
-
-    from cleancurate.models import embedded_lm_dir
-    from test_guard import tiny_guard_model
-
-    folder = tmp_path_factory.mktemp("guard") / "tiny-guard"
-    tiny_guard_model().save_pretrained(folder)
-    AutoTokenizer.from_pretrained(str(embedded_lm_dir()), local_files_only=True).save_pretrained(folder)
-    return str(folder)
-
-
 @pytest.mark.spark
 @pytest.mark.model
-def test_a_run_with_the_guard_backend_scores_every_valid_row_and_accounts_for_every_row(spark, tmp_path, guard_dir):
+def test_a_run_with_the_guard_backend_scores_every_valid_row_and_accounts_for_every_row(spark, tmp_path, tiny_lm_dir):
     from cleancurate.engine.guard import GuardFormat, guard_batch
     from cleancurate.jobs.curation.stages import curate
     from cleancurate.models import get_model
 
+    guard_dir = tiny_lm_dir
     guard = get_model(guard_dir, device="cpu")
     fmt = GuardFormat.from_yaml(C.read_conf_file("safety/guard/llama_guard_3.yaml", None), "llama_guard_3")
     valid = [r for r in ROWS if r[2]]
