@@ -46,10 +46,7 @@ def spark():
     import jobdata
     from cleancurate.session import get_spark
 
-    # the quick compiler alone: the suite keeps both cores busy, and the JVM's optimizing
-    # compiler's CPU costs more there than its faster code saves on these few rows
-    s = get_spark("local[2]", "cleancurate-tests",
-                  {**jobdata.SMALL_DATA_CONF, "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1"})
+    s = get_spark("local[2]", "cleancurate-tests", jobdata.SMALL_DATA_CONF)
     yield s
     s.stop()
 
@@ -120,9 +117,8 @@ def entrypoint_chain(request, tmp_path_factory):
     # the shared run's config with its own output and the report on (neither changes the run id)
     cfg_path = jobdata.write_config(workdir / "killed.yaml", {**shared_raw, "output": {"path": str(out)},
                                                                "report": {"enabled": True}})
-    jars = [j.removeprefix("file://") for j in spark.sparkContext.getConf().get("spark.jars").split(",")]
-    # the chain's JVMs each run part of one job: the quick compiler alone costs less CPU there
-    conf = {**jobdata.SMALL_DATA_CONF, "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1"}
-    chain = EntrypointChain(cfg_path, shared_input, out, jars, conf, workdir / "loads.log").start()
+    jars = [j.removeprefix("file://") for j in spark.sparkContext.getConf().get("spark.jars", "").split(",") if j]
+    chain = EntrypointChain(cfg_path, shared_input, out, jars, jobdata.SMALL_DATA_CONF,
+                            workdir / "loads.log").start()
     yield chain
     chain.cancel()

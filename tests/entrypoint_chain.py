@@ -34,7 +34,8 @@ class EntrypointChain:
         input_path: the input the config names (notebook parameter ``input_table``).
         out: the run's output folder.
         jars: local jar paths of Delta and its dependencies, as the test session resolved
-            them: both processes load them instead of resolving the packages again.
+            them: both processes load them instead of resolving the packages again (with
+            none, spark-submit resolves Delta's package and the notebook does as the job does).
         spark_conf: Spark settings for the job's own sessions.
         load_log: where the chain's processes log their model loads (not the session's log).
     """
@@ -45,15 +46,21 @@ class EntrypointChain:
                  load_log: Path):
         self.cfg_path, self.input_path, self.out = cfg_path, input_path, Path(out)
         self.jars, self.spark_conf = jars, spark_conf
+        # one torch thread per process: the chain's processes share the cores with the session's
         self.env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "CLEANCURATE_LOAD_LOG": str(load_log),
-                    "CLEANCURATE_SPARK_JARS": ",".join(jars), "OMP_NUM_THREADS": "1"}
+                    "OMP_NUM_THREADS": "1"}
+        if jars:
+            self.env["CLEANCURATE_SPARK_JARS"] = ",".join(jars)
         self.future: Future = Future()
         self._proc: subprocess.Popen | None = None
         self._thread = threading.Thread(target=self._main, name="entrypoint-chain", daemon=True)
 
     def submit_command(self) -> list[str]:
-        return [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[2]",
-                "--jars", ",".join(self.jars), "--driver-memory", "2g",
+        from cleancurate.session import delta_maven_coordinate
+
+        jars = ["--jars", ",".join(self.jars)] if self.jars else ["--packages", delta_maven_coordinate()]
+        return [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[2]", *jars,
+                "--driver-memory", "2g",
                 *sum((["--conf", f"{k}={v}"] for k, v in self.spark_conf.items()), []),
                 "jobs/curate.py", "--config", self.cfg_path]
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import yaml
 
 # Spark settings for the tests' tiny data, in the test session and in the job's own processes:
-# one shuffle partition, no adaptive re-planning, no file statistics, no UI, and expressions
-# interpreted instead of compiled (on a few rows, compiling each plan's Java code, and the JIT
-# work that follows, cost more than it saves: bench/README.md, "Test-suite time").
+# one shuffle partition, no adaptive re-planning, no file statistics, no UI; expressions
+# interpreted instead of compiled (on a few rows, compiling each plan to Java costs more than
+# it saves: bench.spark_overhead); and the JVM's quick JIT compiler only (the suite keeps both
+# cores busy, and the optimizing compiler's CPU costs more there than its faster code saves).
 SMALL_DATA_CONF = {"spark.sql.shuffle.partitions": "1", "spark.sql.adaptive.enabled": "false",
                    "spark.databricks.delta.stats.collect": "false", "spark.ui.enabled": "false",
-                   "spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN"}
+                   "spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN",
+                   "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1"}
 
 GOOD = [
     ("g01", "How do I keep basil alive indoors?",
