@@ -28,6 +28,7 @@ import gc
 import importlib.util
 import os
 import time
+from datetime import timedelta
 from typing import Callable, Sequence
 
 MAX_GRAD_NORM = 1.0
@@ -218,7 +219,7 @@ def train_and_answer(payload: dict) -> dict | None:
     same seed, ``evaluation.epochs`` epochs) on the weights the previous phase left;
     with LoRA each phase trains fresh adapters and merges them before the next.
 
-    Returns (rank 0; other ranks return None): ``{"mix", "train": stats (summed over
+    Returns (every rank: rank 0's, sent to the others): ``{"mix", "train": stats (summed over
     phases, with ``phases``: each phase's kinds, rows, steps and losses in order),
     "answers": [{"prompt_set", "prompt_id", "answer", "gen_tokens", "error"}], "ppl":
     [{"prompt_id", "ppl", "tokens", "error"}]}``.
@@ -242,7 +243,8 @@ def train_and_answer(payload: dict) -> dict | None:
         import torch.distributed as dist
 
         if not dist.is_initialized():  # every mix, base too: the barrier below needs the group
-            dist.init_process_group("nccl" if dev.startswith("cuda") else "gloo")
+            # the other ranks wait while rank 0 answers every prompt, which may take long
+            dist.init_process_group("nccl" if dev.startswith("cuda") else "gloo", timeout=timedelta(hours=12))
     for index, phase in enumerate(training_phases(payload)):
         record = {"phase": phase.get("phase", index + 1), "kinds": list(phase.get("kinds", [])),
                   "rows": len(phase["pairs"]), "examples": 0, "skipped": 0, "steps": 0, "losses": [], "seconds": 0.0}
@@ -273,7 +275,7 @@ def train_and_answer(payload: dict) -> dict | None:
         if rank != 0:
             del model
             gc.collect()
-            return None
+            return _result_of_rank_0(None, dev)
     model.eval()
     model.requires_grad_(False)
     stats["device"], stats["world"] = dev, world
@@ -296,7 +298,23 @@ def train_and_answer(payload: dict) -> dict | None:
     stats["answer_seconds"] = time.time() - t0
     del model
     gc.collect()
-    return {"mix": payload["mix"], "train": stats, "answers": answers, "ppl": ppl}
+    result = {"mix": payload["mix"], "train": stats, "answers": answers, "ppl": ppl}
+    return _result_of_rank_0(result, dev) if world > 1 else result
+
+
+def _result_of_rank_0(result: dict | None, dev: str) -> dict:
+    """Every rank returns rank 0's result.
+
+    TorchDistributor's local mode has each process pickle what it returns to the same
+    file, so the last process to finish decides the output: a rank that returned None
+    after rank 0 finished would lose the mix's answers.
+    """
+    import torch
+    import torch.distributed as dist
+
+    box = [result]
+    dist.broadcast_object_list(box, src=0, device=torch.device(dev) if dev.startswith("cuda") else None)
+    return box[0]
 
 
 def run_mix(payload: dict, ev: dict) -> dict:
