@@ -1,7 +1,7 @@
 """The evaluation job: mixes, fine-tuning, judges, bootstrap intervals, tables, resume.
 
-A tiny evaluation (a few prompts, two training steps per mix) runs end to end against
-the session's shared curation run (``tests/conftest.py``).
+A tiny evaluation (a few prompts, two training steps per mix, the tests' tiny random Llama)
+runs end to end against the session's shared curation run (``tests/conftest.py``).
 """
 
 from __future__ import annotations
@@ -350,9 +350,12 @@ def workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def curation(shared_raw, curation_run):
-    """The session's shared curation run: its screen quarantines two harmful rows (u01, u02)."""
-    return shared_raw, curation_run
+def curation(shared_raw, curation_run, tiny_lm_dir):
+    """The session's shared curation run (its screen quarantines two harmful rows, u01 and u02) and its
+    configuration, whose evaluations fine-tune and answer with the tests' tiny random Llama: training,
+    answering and scoring run their real code on it, a few times faster than on the embedded model (whose
+    fine-tuning is tested above)."""
+    return {**shared_raw, "model": {"name": tiny_lm_dir, "device": "cpu"}}, curation_run
 
 
 def _eval_cfg(raw: dict, workdir: Path, **evaluation):
@@ -400,7 +403,7 @@ def test_evaluation_table_has_its_schema_and_one_row_per_mix_and_metric(spark, e
     for mix, g in ev.groupby("mix"):
         assert set(g.metric) == metrics, mix
     assert (ev.curation_run_id == curation[1].run_id).all()
-    assert (ev.model == "embedded:smollm2-135m").all() and ev.config_hash.nunique() == 1
+    assert (ev.model == result.config.model.name).all() and ev.config_hash.nunique() == 1
     assert (ev.eval_run_id == f"eval-{ev.config_hash.iloc[0][:12]}").all()
     # 2 harmful prompts answered, 1 empty; 3 benign prompts
     harmful_rows = ev[ev.prompt_set == "harmful"]
