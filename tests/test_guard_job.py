@@ -2,7 +2,7 @@
 
 One small run: the screen and the gate score with the guard (named by its folder, as a
 user names a volume), every valid row gets a harm score, and every input row is
-accounted for. A random model is no classifier: the threshold is set between the two
+accounted for. The same tiny model rewrites, so no other model loads. A random model is no classifier: the threshold is set between the two
 highest scores so that exactly one original is screened out.
 """
 
@@ -39,6 +39,7 @@ def test_a_run_with_the_guard_backend_scores_every_valid_row_and_accounts_for_ev
     spark.createDataFrame(ROWS, "id string, query string, response string").coalesce(1).write.parquet(src)
     raw = jobdata.job_config(src, str(tmp_path / "out"), rounds=1)
     raw["selection"].update(max_docs=1)
+    raw["model"] = {"name": guard_dir, "device": "cpu"}  # the rewriter too: the guard's path is under test
     raw["curation"].update(temperatures=[0.7], top_ps=[0.9], max_new_tokens=8, beam_size=1)
     raw["harm"] = {"backend": "guard", "guard_model": guard_dir, "guard_format": "llama_guard_3",
                    "threshold": (top + second) / 2}
