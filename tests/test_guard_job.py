@@ -2,8 +2,9 @@
 
 One small run: the screen and the gate score with the guard (named by its folder, as a
 user names a volume), every valid row gets a harm score, and every input row is
-accounted for. The same tiny model rewrites, so no other model loads. A random model is no classifier: the threshold is set between the two
-highest scores so that exactly one original is screened out.
+accounted for. The same tiny model rewrites, so no other model loads. A random model
+is no classifier: the threshold is set between the two highest scores so that exactly
+one original is screened out.
 """
 
 from __future__ import annotations

@@ -206,7 +206,7 @@ def training_phases(payload: dict) -> list[dict]:
     return [{"phase": 1, "kinds": [], "pairs": payload.get("pairs") or []}]
 
 
-def train_and_answer(payload: dict) -> dict | None:
+def train_and_answer(payload: dict) -> dict:
     """Fine-tune on one mix and answer the held-out prompts: the model work of one mix.
 
     ``payload`` (plain data, picklable for ``TorchDistributor``): ``mix``, ``phases``
