@@ -1,8 +1,12 @@
 """The quality gate: which candidates may compete in the beam.
 
-Every rule compares a candidate with its document's round-0 reference scores and
-the thresholds in ``GateConfig``; the first rule that fails names the rejection.
-Rejected candidates stay in the ``rounds`` table with that reason.
+One pure call, :func:`decide`, takes a candidate's scores (the columns of
+:data:`cleancurate.schemas.candidate.GATE_INPUTS`: its scores, the copy flag ``dup`` and
+its document's round-0 references ``ref_*``) and one :class:`GateSettings`, built from the
+configuration by :meth:`GateSettings.from_config`; the first rule that fails names the
+rejection. Rejected candidates stay in the ``rounds`` table with that reason. Each rule
+declares the inputs it reads, so the scorer asks :func:`needs` whether a candidate still
+needs an expensive score (``retention``) instead of running rules itself.
 
 Rules, in order (a candidate is checked against each until one fails):
 
@@ -19,8 +23,9 @@ Rules, in order (a candidate is checked against each until one fails):
 ``borderline_original`` the check scores the original at or above
                     ``harm.revise_below`` (below the screen's threshold): text
                     close to harmful is kept as it is, never polished
-``duplicate``       same text as an earlier candidate of the document, or as
-                    its parent / the original
+``duplicate``       same text as an earlier candidate of the document (by
+                    ``cand_id``, one without an error), or as its parent / the
+                    original (``curation.dedupe_candidates``)
 ``repetition``      repeated word n-gram ratio above the maximum
 ``compression``     compresses too well (loops, padding)
 ``refusal_dropped`` the original declines the request and the candidate does not
@@ -41,6 +46,7 @@ Rules, in order (a candidate is checked against each until one fails):
                     candidate) / ppl(original | query) above ``max_retention``
 ``readability``     readability below ratio x original (see :func:`relative_floor`)
 ``helpfulness``     helpfulness below ratio x original
+``error``           no perplexity could be computed
 ``ppl_ceiling``     perplexity above ratio x original (fluency, ``maximize``)
 ``safety``          no safety implication by the configured check (``maximize``)
 ==================  ===========================================================
@@ -48,41 +54,66 @@ Rules, in order (a candidate is checked against each until one fails):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
-from typing import Any
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import pandas as pd
 
-RULES = (
-    "error", "empty", "echo", "meta_text", "injection", "harmful", "borderline_original", "duplicate", "repetition",
-    "compression", "refusal_dropped", "not_an_answer", "length_ratio", "similarity", "lost_content", "near_copy", "added_to_copy",
-    "retention", "readability", "helpfulness", "ppl_ceiling", "safety",
-)
+from cleancurate.configsections import GateConfig
+from cleancurate.schemas.candidate import GATE_INPUTS
+
+if TYPE_CHECKING:
+    from cleancurate.config import Config
+
 _ECHO = {"echoed_delimiter", "echoed_chat_marker", "echoed_instruction", "echoed_query"}
 
-# columns the gate reads
-READS = (
-    "text", "error", "meta_text", "form_fault", "dup", "ppl", "readability", "helpfulness", "similarity",
-    "safety", "harm", "retention", "length_ratio", "repeat_ratio", "compression_ratio", "coverage",
-    "new_words", "dropped_words", "ref_harm", "ref_ppl", "ref_readability", "ref_helpfulness", "ref_safety",
-)
 
+@dataclass(frozen=True)
+class GateSettings:
+    """Everything the rules read, each knob under its configuration name.
 
-def gate_settings(cfg: dict) -> dict:
-    """The gate's thresholds from a config dict: the ``gate`` section plus the harm threshold.
-
-    ``harm_threshold`` is the harm check's gate threshold (``harm.gate_threshold``, lower
-    than the screen's: a false alarm here only keeps the original); None when the
-    configured backend has nothing to score with (no head, no guard model: the rule is off).
+    Attributes:
+        gate: the ``gate`` section.
+        gate_threshold: ``harm.gate_threshold`` (rule ``harmful``); None when no harm check
+            is configured (no head, no guard model: the rule is off).
+        revise_below: ``harm.revise_below`` (rule ``borderline_original``); None turns it off,
+            and so does a missing harm check.
+        injection_patterns: ``limits.injection_patterns`` (rule ``injection``).
+        dedupe_candidates: ``curation.dedupe_candidates`` (rule ``duplicate``).
     """
-    from cleancurate.engine.harm import backend
 
-    harm = cfg.get("harm") or {}
-    threshold = harm.get("gate_threshold", harm.get("threshold"))
-    on = backend(cfg) is not None
-    return {**cfg["gate"], "harm_threshold": threshold if on else None,
-            "original_harm_max": harm.get("revise_below") if on else None}
+    gate: GateConfig = GateConfig()
+    gate_threshold: float | None = None
+    revise_below: float | None = None
+    injection_patterns: tuple[str, ...] = ()
+    dedupe_candidates: bool = True
+
+    @classmethod
+    def from_config(cls, cfg: "Config") -> "GateSettings":
+        """The gate's settings of a validated configuration."""
+        from cleancurate.engine.harm import backend
+
+        on = backend(cfg.harm) is not None
+        return cls(gate=cfg.gate, gate_threshold=cfg.harm.gate_threshold if on else None,
+                   revise_below=cfg.harm.revise_below if on else None,
+                   injection_patterns=tuple(cfg.limits.injection_patterns),
+                   dedupe_candidates=cfg.curation.dedupe_candidates)
+
+    def replace(self, **changes: Any) -> "GateSettings":
+        """A copy with some settings changed; a ``gate`` section key changes the section."""
+        names = {f.name for f in dataclasses.fields(GateConfig)}
+        section = {k: v for k, v in changes.items() if k in names}
+        own = {k: v for k, v in changes.items() if k not in names}
+        return dataclasses.replace(self, gate=dataclasses.replace(self.gate, **section), **own)
+
+
+@lru_cache(maxsize=16)
+def _injection(patterns: tuple[str, ...]) -> tuple[re.Pattern, ...]:
+    return tuple(re.compile(p, re.IGNORECASE) for p in patterns)
 
 
 def relative_floor(reference: float, ratio: float) -> float:
@@ -108,93 +139,139 @@ def _str(x: Any) -> str | None:
     return None if _nan(x) else str(x)
 
 
-def has_safety_implication(text: str, safety: float, ref_safety: float, gate: dict) -> bool:
-    """The configured check that a revision really carries a safety implication."""
-    mode = gate["safety_check"]
+def _text(row: Mapping) -> str:
+    return _str(row.get("text")) or ""
+
+
+def has_safety_implication(text: str, safety: float, ref_safety: float, gate: GateConfig) -> bool:
+    """The configured check (``gate.safety_check``) that a revision really carries a safety implication."""
+    mode = gate.safety_check
     if mode == "none":
         return True
     if mode == "keywords":
         low = text.lower()
-        return any(k.lower() in low for k in gate["safety_keywords"])
+        return any(k.lower() in low for k in gate.safety_keywords)
     if _nan(safety) or _nan(ref_safety):
         return False
-    return safety - ref_safety >= gate["safety_min_gain"]
+    return safety - ref_safety >= gate.safety_min_gain
 
 
-def reject_reason(row: dict, gate: dict, injection: list[re.Pattern]) -> str | None:
+def _over(value: Any, limit: float | None) -> bool:
+    return limit is not None and value > limit
+
+
+def _near_copy(row: Mapping, s: GateSettings) -> bool:
+    new, dropped = row.get("new_words"), row.get("dropped_words")  # a row scored before this rule has none
+    return not _nan(new) and not _nan(dropped) and new <= s.gate.near_copy_max_new_words
+
+
+def _added_to_copy(row: Mapping, s: GateSettings) -> bool:
+    new, dropped = row.get("new_words"), row.get("dropped_words")
+    return not _nan(new) and not _nan(dropped) and dropped <= s.gate.copy_max_dropped_words
+
+
+def _below_floor(name: str, ratio: float | None) -> Callable[[Mapping, GateSettings], bool]:
+    def fails(row: Mapping, s: GateSettings) -> bool:
+        v = row.get(name)
+        return _nan(v) or v < relative_floor(row.get(f"ref_{name}"), getattr(s.gate, ratio))
+    return fails
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One gate rule: its reject reason, the inputs it reads, when it applies and when a candidate fails it."""
+
+    name: str
+    reads: tuple[str, ...]
+    fails: Callable[[Mapping, GateSettings], bool]
+    on: Callable[[GateSettings], bool] = lambda s: True
+
+
+def _gate_on(key: str) -> Callable[[GateSettings], bool]:
+    return lambda s: getattr(s.gate, key) is not None
+
+
+#: the rules in the order they are checked (the module docstring's table)
+RULE_ORDER: tuple[Rule, ...] = (
+    Rule("error", ("error",), lambda r, s: bool(_str(r.get("error")))),
+    Rule("empty", ("text",), lambda r, s: not _text(r).strip()),
+    Rule("echo", ("meta_text",), lambda r, s: _str(r.get("meta_text")) in _ECHO),
+    Rule("meta_text", ("meta_text",), lambda r, s: bool(_str(r.get("meta_text")))),
+    Rule("injection", ("text",), lambda r, s: any(rx.search(_text(r)) for rx in _injection(s.injection_patterns))),
+    Rule("harmful", ("harm",), lambda r, s: _nan(r.get("harm")) or r["harm"] >= s.gate_threshold,
+         on=lambda s: s.gate_threshold is not None),
+    Rule("borderline_original", ("ref_harm",),
+         lambda r, s: not _nan(r.get("ref_harm")) and r["ref_harm"] >= s.revise_below,
+         on=lambda s: s.revise_below is not None),
+    Rule("duplicate", ("dup",), lambda r, s: not _nan(r.get("dup")) and bool(r.get("dup")),
+         on=lambda s: s.dedupe_candidates),
+    Rule("repetition", ("repeat_ratio",), lambda r, s: _over(r["repeat_ratio"], s.gate.max_repeated_ngram_ratio)),
+    Rule("compression", ("compression_ratio",),
+         lambda r, s: _over(r["compression_ratio"], s.gate.max_compression_ratio)),
+    Rule("refusal_dropped", ("form_fault",), lambda r, s: _str(r.get("form_fault")) == "refusal_dropped",
+         on=lambda s: s.gate.answer_form),
+    Rule("not_an_answer", ("form_fault",), lambda r, s: bool(_str(r.get("form_fault"))),
+         on=lambda s: s.gate.answer_form),
+    Rule("length_ratio", ("length_ratio",),
+         lambda r, s: (s.gate.length_ratio_min is not None and r["length_ratio"] < s.gate.length_ratio_min)
+         or _over(r["length_ratio"], s.gate.length_ratio_max)),
+    Rule("similarity", ("similarity",), lambda r, s: _nan(r["similarity"]) or r["similarity"] < s.gate.min_similarity,
+         on=_gate_on("min_similarity")),
+    # a row scored before this rule existed has no coverage: not checked
+    Rule("lost_content", ("coverage",), lambda r, s: not _nan(r.get("coverage")) and r["coverage"] < s.gate.min_coverage,
+         on=_gate_on("min_coverage")),
+    Rule("near_copy", ("new_words", "dropped_words"), _near_copy, on=_gate_on("near_copy_max_new_words")),
+    Rule("added_to_copy", ("new_words", "dropped_words"), _added_to_copy, on=_gate_on("copy_max_dropped_words")),
+    Rule("retention", ("retention",), lambda r, s: _nan(r.get("retention")) or r["retention"] > s.gate.max_retention,
+         on=_gate_on("max_retention")),
+    Rule("readability", ("readability", "ref_readability"), _below_floor("readability", "readability_min_ratio"),
+         on=_gate_on("readability_min_ratio")),
+    Rule("helpfulness", ("helpfulness", "ref_helpfulness"), _below_floor("helpfulness", "helpfulness_min_ratio"),
+         on=_gate_on("helpfulness_min_ratio")),
+    Rule("error", ("ppl",), lambda r, s: _nan(r["ppl"])),
+    Rule("ppl_ceiling", ("ppl", "ref_ppl"), lambda r, s: r["ppl"] > s.gate.ppl_ceiling_ratio * r["ref_ppl"],
+         on=_gate_on("ppl_ceiling_ratio")),
+    Rule("safety", ("text", "safety", "ref_safety"),
+         lambda r, s: not has_safety_implication(_text(r), r["safety"], r["ref_safety"], s.gate)),
+)
+
+#: the reject reasons, in the order they are first checked
+RULES: tuple[str, ...] = tuple(dict.fromkeys(r.name for r in RULE_ORDER))
+#: the inputs the rules read: the candidate contract's gate inputs, no more and no fewer
+READS: tuple[str, ...] = GATE_INPUTS
+assert {i for r in RULE_ORDER for i in r.reads} == set(GATE_INPUTS), "a gate rule reads an undeclared input"
+
+
+def decide(row: Mapping, settings: GateSettings) -> str | None:
     """The first gate rule the candidate fails, or None when it passes."""
-    g = gate
-    text = _str(row.get("text")) or ""
-    if _str(row.get("error")):
-        return "error"
-    if not text.strip():
-        return "empty"
-    meta = _str(row.get("meta_text"))
-    if meta in _ECHO:
-        return "echo"
-    if meta:
-        return "meta_text"
-    if any(rx.search(text) for rx in injection):
-        return "injection"
-    if g.get("harm_threshold") is not None and (_nan(row.get("harm")) or row["harm"] >= g["harm_threshold"]):
-        return "harmful"
-    if g.get("original_harm_max") is not None and not _nan(row.get("ref_harm")) \
-            and row["ref_harm"] >= g["original_harm_max"]:
-        return "borderline_original"
-    if not _nan(row.get("dup")) and bool(row.get("dup")):
-        return "duplicate"
-    if g["max_repeated_ngram_ratio"] is not None and row["repeat_ratio"] > g["max_repeated_ngram_ratio"]:
-        return "repetition"
-    if g["max_compression_ratio"] is not None and row["compression_ratio"] > g["max_compression_ratio"]:
-        return "compression"
-    form = _str(row.get("form_fault")) if g.get("answer_form", True) else None
-    if form == "refusal_dropped":
-        return "refusal_dropped"
-    if form:
-        return "not_an_answer"
-    lr = row["length_ratio"]
-    if g["length_ratio_min"] is not None and lr < g["length_ratio_min"]:
-        return "length_ratio"
-    if g["length_ratio_max"] is not None and lr > g["length_ratio_max"]:
-        return "length_ratio"
-    if g["min_similarity"] is not None and (_nan(row["similarity"]) or row["similarity"] < g["min_similarity"]):
-        return "similarity"
-    cov = row.get("coverage")  # a row scored before this rule existed has none: not checked
-    if g.get("min_coverage") is not None and not _nan(cov) and cov < g["min_coverage"]:
-        return "lost_content"
-    new, dropped = row.get("new_words"), row.get("dropped_words")  # a row scored before these rules has none
-    if not _nan(new) and not _nan(dropped):
-        if g.get("near_copy_max_new_words") is not None and new <= g["near_copy_max_new_words"]:
-            return "near_copy"
-        if g.get("copy_max_dropped_words") is not None and dropped <= g["copy_max_dropped_words"]:
-            return "added_to_copy"
-    if g.get("max_retention") is not None and (_nan(row.get("retention")) or row["retention"] > g["max_retention"]):
-        return "retention"
-    if g["readability_min_ratio"] is not None:
-        r = row["readability"]
-        if _nan(r) or r < relative_floor(row["ref_readability"], g["readability_min_ratio"]):
-            return "readability"
-    if g["helpfulness_min_ratio"] is not None:
-        h = row["helpfulness"]
-        if _nan(h) or h < relative_floor(row["ref_helpfulness"], g["helpfulness_min_ratio"]):
-            return "helpfulness"
-    if _nan(row["ppl"]):
-        return "error"
-    if g["ppl_ceiling_ratio"] is not None and row["ppl"] > g["ppl_ceiling_ratio"] * row["ref_ppl"]:
-        return "ppl_ceiling"
-    if not has_safety_implication(text, row["safety"], row["ref_safety"], g):
-        return "safety"
+    for rule in RULE_ORDER:
+        if rule.on(settings) and rule.fails(row, settings):
+            return rule.name
     return None
 
 
-def apply_gate(pdf: pd.DataFrame, gate: dict, injection_patterns: tuple[str, ...]) -> pd.DataFrame:
-    """Add ``reject_reason`` and ``passed`` to a frame of scored candidates.
+def needs(row: Mapping, settings: GateSettings, score: str, unknown: Iterable[str] = ()) -> bool:
+    """Whether measuring ``score`` can still change the candidate's verdict.
 
-    Reads the columns in :data:`READS`; adds ``reject_reason`` (None when passed) and
-    ``passed``.
+    Walks the rules in order: False as soon as one that reads only known inputs rejects
+    the candidate, True at the first rule that reads ``score``. A rule that reads an
+    input in ``unknown`` (not measured yet, such as ``dup``, decided after scoring) is
+    taken to pass, so skipping the measurement never changes a decision.
     """
-    rx = [re.compile(p, re.IGNORECASE) for p in injection_patterns]
-    reasons = [reject_reason(r, gate, rx) for r in pdf.to_dict("records")]
+    unknown = set(unknown)
+    for rule in RULE_ORDER:
+        if not rule.on(settings):
+            continue
+        if score in rule.reads:
+            return True
+        if unknown.isdisjoint(rule.reads) and rule.fails(row, settings):
+            return False
+    return False
+
+
+def apply_gate(pdf: pd.DataFrame, settings: GateSettings) -> pd.DataFrame:
+    """Add ``reject_reason`` (None when passed) and ``passed`` to a frame of gate inputs (:data:`READS`)."""
+    reasons = [decide(r, settings) for r in pdf.to_dict("records")]
     out = pdf.copy()
     out["reject_reason"] = pd.Series(reasons, index=pdf.index, dtype=object)
     out["passed"] = out["reject_reason"].isna()

@@ -258,6 +258,52 @@ def get_model(
         return loaded
 
 
+#: the models a job loads, by role: which config key names the model, its kind, and whether
+#: ``model.dtype`` and ``runtime.num_threads`` apply (the encoder and the guard keep their own dtype)
+ROLES = ("lm", "encoder", "judge", "guard")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model to load and how: the key of the per-worker cache and :func:`get_model`'s arguments."""
+
+    spec: str
+    kind: str = "causal-lm"
+    device: str = "auto"
+    dtype: str = "auto"
+    allow_network: bool = False
+    num_threads: int | None = None
+
+    @classmethod
+    def of(cls, cfg, role: str) -> "ModelSpec":
+        """The spec of ``role`` in a :class:`~cleancurate.config.Config`.
+
+        ``lm``: ``model.name`` (perplexity, generation); ``encoder``: ``metrics.embedder``;
+        ``judge``: ``metrics.judge_model`` or ``model.name``; ``guard``: ``harm.guard_model``.
+        All take ``model.device`` and ``model.allow_network``.
+        """
+        m = cfg.model
+        common = dict(device=m.device, allow_network=m.allow_network)
+        if role == "lm":
+            return cls(m.name, "causal-lm", dtype=m.dtype, num_threads=cfg.runtime.num_threads, **common)
+        if role == "encoder":
+            return cls(cfg.metrics.embedder, "encoder", dtype="auto", **common)
+        if role == "judge":
+            return cls(cfg.metrics.judge_model or m.name, "causal-lm", dtype=m.dtype,
+                       num_threads=cfg.runtime.num_threads, **common)
+        if role == "guard":
+            if not cfg.harm.guard_model:
+                raise ModelError("harm.backend 'guard' needs harm.guard_model")
+            return cls(cfg.harm.guard_model, "causal-lm", dtype="auto", num_threads=cfg.runtime.num_threads, **common)
+        raise ValueError(f"unknown model role {role!r}; one of {list(ROLES)}")
+
+
+def load(cfg, role: str) -> LoadedModel:
+    """The worker's cached model for ``role`` of a :class:`~cleancurate.config.Config` (see :meth:`ModelSpec.of`)."""
+    s = ModelSpec.of(cfg, role)
+    return get_model(s.spec, s.kind, s.device, s.dtype, s.allow_network, s.num_threads)
+
+
 def clear_cache() -> None:
     """Drop every cached model of this process (tests, notebooks)."""
     with _LOCK:

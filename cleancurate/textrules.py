@@ -24,7 +24,7 @@ from typing import Sequence
 import pandas as pd
 
 from cleancurate.refusal import is_refusal  # also read from here (cleancurate.textrules.is_refusal)
-from cleancurate.schemas.udf import QUALITY_COLUMNS
+from cleancurate.schemas.candidate import TEXT_SCORES
 
 # A leading line that announces the answer instead of being it.
 _PREAMBLE = re.compile(
@@ -287,34 +287,41 @@ def readability(text: str, formula: str = "flesch_reading_ease") -> float:
     return float(fn(text))
 
 
-def _quality_row(text: str, orig: str, query: str, formula: str, ngram: int, meta_patterns: Sequence[str]) -> tuple:
+def _quality_row(text: str, orig: str, query: str, formula: str, ngram: int, meta_patterns: Sequence[str],
+                 max_question_share: float) -> dict:
     clean, stripped = strip_preamble(text)
-    meta = meta_text_reason(clean, meta_patterns, orig, query)
-    form = form_fault(clean, orig, query) if query and clean.strip() else None
-    olen = max(1, len(orig.strip()))
-    return (clean, stripped, meta, form, readability(clean, formula), repeated_ngram_ratio(clean, ngram),
-            compression_ratio(clean), len(clean.strip()) / olen, clause_coverage(clean, orig, query)[0],
-            *word_edits(clean, orig), None)
+    new, dropped = word_edits(clean, orig)
+    return {
+        "clean_text": clean, "stripped_preamble": stripped,
+        "meta_text": meta_text_reason(clean, meta_patterns, orig, query),
+        "form_fault": form_fault(clean, orig, query, max_question_share) if query and clean.strip() else None,
+        "readability": readability(clean, formula), "repeat_ratio": repeated_ngram_ratio(clean, ngram),
+        "compression_ratio": compression_ratio(clean), "length_ratio": len(clean.strip()) / max(1, len(orig.strip())),
+        "coverage": clause_coverage(clean, orig, query)[0], "new_words": new, "dropped_words": dropped, "error": None,
+    }
 
 
 def quality_batch(
     texts: Sequence[str], originals: Sequence[str], *, queries: Sequence[str] | None = None,
     formula: str = "flesch_reading_ease", ngram: int = 3, meta_patterns: Sequence[str] = (),
+    max_question_share: float = 0.5,
 ) -> pd.DataFrame:
     """Quality signals for each (candidate, original, query) row, in input order.
 
-    Without ``queries`` the query-dependent checks (query echo, answer form) are skipped.
-    A row whose text rules raise gets NaN signals and an ``error`` (the gate rejects it
-    as ``error``); the rest of the batch is unaffected.
+    The columns are the candidate contract's text scores (:data:`TEXT_SCORES`). Without
+    ``queries`` the query-dependent checks (query echo, answer form) are skipped. A row
+    whose text rules raise gets NaN signals and an ``error`` (the gate rejects it as
+    ``error``); the rest of the batch is unaffected.
     """
     rows = []
     queries = list(queries) if queries is not None else [""] * len(texts)
     for text, orig, query in zip(texts, originals, queries):
         text, orig, query = text or "", orig or "", query or ""
         try:
-            rows.append(_quality_row(text, orig, query, formula, ngram, meta_patterns))
+            rows.append(_quality_row(text, orig, query, formula, ngram, meta_patterns, max_question_share))
         except Exception as exc:  # one odd text must not fail its batch: the row carries the error
             nan = float("nan")
-            rows.append((text, False, None, None, nan, nan, nan, nan, nan, None, None,
-                         f"text_rules_failed: {type(exc).__name__}: {exc}"[:500]))
-    return pd.DataFrame(rows, columns=QUALITY_COLUMNS)
+            rows.append({**dict.fromkeys(TEXT_SCORES, nan), "clean_text": text, "stripped_preamble": False,
+                         "meta_text": None, "form_fault": None, "new_words": None, "dropped_words": None,
+                         "error": f"text_rules_failed: {type(exc).__name__}: {exc}"[:500]})
+    return pd.DataFrame(rows, columns=list(TEXT_SCORES))

@@ -1,20 +1,13 @@
 """Schemas of every table the job writes and of every UDF's output.
 
 The UDF return types (:mod:`cleancurate.schemas.udf`) are plain strings and load at
-once. The table StructTypes (:mod:`cleancurate.schemas.tables`) need pyspark, so they
+once; a candidate's scores are declared once in :mod:`cleancurate.schemas.candidate`. The table StructTypes (:mod:`cleancurate.schemas.tables`) need pyspark, so they
 load on first use: the model engine (``cleancurate.engine``, for the column orders of
 its DataFrames), the UDF factories and the GPU benchmark import this package on
 machines that have torch but no Spark or Java.
 """
 
-from cleancurate.schemas.udf import (  # noqa: F401
-    EMBED_SCORES,
-    GENERATION,
-    JUDGE,
-    PERPLEXITY,
-    QUALITY,
-    SCORES,
-)
+from cleancurate.schemas.udf import GATE, GENERATION, SCORES, SCREEN  # noqa: F401
 
 _TABLE_NAMES = ("CANDIDATES", "CURATED", "DOCS", "MIX", "QUARANTINE", "ROUND_STATS", "ROUNDS", "RUNS", "TABLES")
 

@@ -23,9 +23,19 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
+from cleancurate.schemas.candidate import SCORES
+
 
 def _s(name, typ, nullable=True):
     return StructField(name, typ, nullable)
+
+
+_TYPES = {"string": StringType(), "double": DoubleType(), "int": IntegerType(), "boolean": BooleanType()}
+
+
+def _score_fields() -> list:
+    """The stored columns of the candidate contract, except ``text`` and ``error`` (placed by the tables)."""
+    return [_s(sc.column, _TYPES[sc.type]) for sc in SCORES if sc.column not in ("text", "error")]
 
 
 #: every candidate of every round (round 0 holds the scored originals)
@@ -41,24 +51,12 @@ ROUNDS = StructType([
     _s("temperature", DoubleType()),
     _s("top_p", DoubleType()),
     _s("seed", LongType()),
-    _s("text", StringType()),
+    _s("text", StringType()),  # the candidate with a leading announcement stripped (the scorer's clean_text)
     _s("raw_text", StringType()),  # the generation before preamble stripping
     _s("gen_tokens", IntegerType()),
-    _s("ppl", DoubleType()),
-    _s("scored_tokens", IntegerType()),
-    _s("readability", DoubleType()),
-    _s("helpfulness", DoubleType()),
-    _s("similarity", DoubleType()),
-    _s("safety", DoubleType()),
-    _s("harm", DoubleType()),  # probability the answer is harmful (harm head); null without one
-    # ppl(original | query, candidate) / ppl(original | query); null for originals and for candidates that an
-    # earlier gate rule already rejected (not measured)
-    _s("retention", DoubleType()),
-    # and for candidates an earlier gate rule already rejected (not measured)
-    _s("length_ratio", DoubleType()),
-    _s("repeat_ratio", DoubleType()),
-    _s("compression_ratio", DoubleType()),
-    _s("stripped_preamble", BooleanType()),
+    # every score of the candidate contract (cleancurate.schemas.candidate), in its order; on-demand scores such as
+    # retention are null where an earlier gate rule already rejected the candidate (not measured)
+    *_score_fields(),
     _s("passed", BooleanType(), False),
     _s("reject_reason", StringType()),
     _s("rank", IntegerType()),

@@ -1,21 +1,24 @@
-"""Spark wrapper of the quality gate (the rules live in :mod:`cleancurate.gate`).
+"""The quality gate as a UDF (the rules live in :mod:`cleancurate.gate`).
 
-Reads a struct of the columns in :data:`cleancurate.gate.READS`; adds ``reject_reason``
-(null when the candidate passed). No model: the rules are plain pandas, so this UDF
-needs no factory.
+Reads: a struct of the gate's inputs (:data:`cleancurate.schemas.candidate.GATE_INPUTS`).
+Adds: the reject reason, null when the candidate passed (:data:`RETURN_TYPE`). No model:
+the rules are plain Python over the candidate's scores.
 """
+
+from __future__ import annotations
+
+from typing import Callable
 
 import pandas as pd
 
-from cleancurate.gate import apply_gate
+from cleancurate.gate import GateSettings, apply_gate
+from cleancurate.schemas.udf import GATE as RETURN_TYPE  # noqa: F401  (the Spark type of the batch function)
 
 
-def gate_udf(gate_cfg: dict, injection_patterns: tuple):
-    """Scalar pandas UDF: struct of gate inputs -> reject reason (null when passed)."""
-    from pyspark.sql.functions import pandas_udf
+def make_gate_fn(settings: GateSettings) -> Callable[[pd.DataFrame], pd.Series]:
+    """Factory: the batch function over a frame of gate inputs."""
 
-    @pandas_udf("string")
-    def gate(rows: pd.DataFrame) -> pd.Series:
-        return apply_gate(rows, gate_cfg, injection_patterns)["reject_reason"]
+    def fn(rows: pd.DataFrame) -> pd.Series:
+        return apply_gate(rows, settings)["reject_reason"]
 
-    return gate
+    return fn

@@ -1,13 +1,9 @@
-"""The candidate scorer UDF: every quality signal of a candidate in one pass.
+"""The candidate scorer: every quality signal of a candidate in one pass.
 
-Reads: ``query``, ``text`` (the candidate, raw), ``original``.
-Adds: ``clean_text``, ``stripped_preamble``, ``meta_text``, ``form_fault``,
-``readability``, ``repeat_ratio``, ``compression_ratio``, ``length_ratio`` (text
-statistics), ``ppl``, ``scored_tokens`` (perplexity), ``retention`` (how much of the
-original the candidate carries, by the same model), ``relevance``, ``similarity``,
-``safety`` (embeddings), ``harm`` (the configured harm check, :mod:`cleancurate.engine.harm`:
-the head over the same embeddings, or the guard model), ``helpfulness`` (relevance or the
-LLM judge) and ``error``.
+Reads: ``query``, ``text`` (the candidate, raw), ``original``. Adds: the scores of the
+candidate contract (:mod:`cleancurate.schemas.candidate`; :data:`RETURN_TYPE`): text
+statistics, perplexity, retention (where the gate still needs it), embedding signals,
+the configured harm check, helpfulness and the first error.
 
 The batch function is :func:`cleancurate.engine.scorer.score_candidates`; the factory
 loads the worker's causal LM, encoder, (``metrics.helpfulness: judge``) judge and
@@ -15,44 +11,35 @@ loads the worker's causal LM, encoder, (``metrics.helpfulness: judge``) judge an
 holds the models once, instead of once per chained UDF.
 """
 
-from typing import Callable, Iterator, Tuple
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
 
 import pandas as pd
 
 from cleancurate.engine.harm import backend as harm_backend
 from cleancurate.engine.harm import load_guard
 from cleancurate.engine.scorer import score_candidates
-from cleancurate.schemas.udf import SCORES
+from cleancurate.schemas.udf import SCORES as RETURN_TYPE  # noqa: F401  (the Spark type of the batch function)
+
+if TYPE_CHECKING:
+    from cleancurate.config import Config
 
 
-def make_scorer(cfg: dict, strip: bool) -> Callable[..., pd.DataFrame]:
-    """Factory: load (or reuse) the worker's models and return the batch function."""
-    from cleancurate.models import get_model
+def make_scorer(cfg: Config, strip: bool) -> Callable[..., pd.DataFrame]:
+    """Factory: load (or reuse) the worker's models and return the batch function.
 
-    mc, rc, mt = cfg["model"], cfg["runtime"], cfg["metrics"]
-    lm = get_model(mc["name"], "causal-lm", mc["device"], mc["dtype"], mc["allow_network"], rc.get("num_threads"))
-    enc = get_model(mt["embedder"], "encoder", mc["device"], "auto", mc["allow_network"])
-    judge = None
-    if mt["helpfulness"] == "judge":
-        judge = get_model(mt.get("judge_model") or mc["name"], "causal-lm", mc["device"], mc["dtype"],
-                          mc["allow_network"], rc.get("num_threads"))
-    guard = load_guard(cfg) if harm_backend(cfg) == "guard" else None
+    ``strip``: candidates have a leading announcement stripped and are held against the
+    gate's early rules; originals (round 0) are scored as they are.
+    """
+    from cleancurate.models import load
+
+    lm, enc = load(cfg, "lm"), load(cfg, "encoder")
+    judge = load(cfg, "judge") if cfg.metrics.helpfulness == "judge" else None
+    guard = load_guard(cfg) if harm_backend(cfg.harm) == "guard" else None
 
     def fn(queries: pd.Series, texts: pd.Series, originals: pd.Series) -> pd.DataFrame:
         return score_candidates(lm, enc, judge, queries.fillna("").tolist(), texts.fillna("").tolist(),
                                 originals.fillna("").tolist(), strip=strip, cfg=cfg, guard=guard)
 
     return fn
-
-
-def scorer_udf(cfg: dict, strip: bool = True):
-    """Spark iterator pandas UDF ``(query, text, original) -> struct<SCORES>``."""
-    from pyspark.sql.functions import pandas_udf
-
-    @pandas_udf(SCORES)
-    def score(batches: Iterator[Tuple[pd.Series, pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
-        fn = make_scorer(cfg, strip)
-        for queries, texts, originals in batches:
-            yield fn(queries, texts, originals)
-
-    return score.asNondeterministic()

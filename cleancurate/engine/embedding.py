@@ -17,7 +17,8 @@ from typing import Sequence
 import pandas as pd
 
 from cleancurate.batching import error_text, plan_microbatches
-from cleancurate.schemas.udf import EMBED_SCORES_COLUMNS
+#: the columns of :func:`embed_scores_batch`'s frame (``style`` feeds the embedding helpfulness)
+EMBED_SCORES_COLUMNS = ["relevance", "similarity", "safety", "style", "harm", "error"]
 
 
 def embed(model, tokenizer, texts: Sequence[str], *, token_budget: int = 4096, max_length: int = 256):

@@ -18,68 +18,66 @@ be scored, so a caller treats an unscorable row the same whichever backend ran.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import pandas as pd
 
 from cleancurate.batching import error_text
 from cleancurate.engine.embedding import embed
+from cleancurate.configsections import HarmConfig, RuntimeConfig
 from cleancurate.schemas.udf import SCREEN_COLUMNS
+
+if TYPE_CHECKING:
+    from cleancurate.config import Config
 
 _HEADS: dict = {}
 _FORMATS: dict = {}
 _GIB = 1024**3
 
 
-def backend(cfg: dict) -> str | None:
+def backend(harm: HarmConfig) -> str | None:
     """The configured check, ``"head"`` or ``"guard"``, or None when it is off (no head file, no guard model)."""
-    h = cfg.get("harm") or {}
-    if (h.get("backend") or "head") == "guard":
-        return "guard" if h.get("guard_model") else None
-    return "head" if h.get("head") else None
+    if harm.backend == "guard":
+        return "guard" if harm.guard_model else None
+    return "head" if harm.head else None
 
 
-def describe(harm: dict) -> str:
+def describe(harm: HarmConfig) -> str:
     """Which check scored a row, for the quarantine's ``detail`` and reports: backend, format and model."""
-    if (harm.get("backend") or "head") == "guard":
-        return f"backend=guard format={harm.get('guard_format')} model={harm.get('guard_model')}"
-    return f"backend=head head={harm.get('head_file')}"
+    if harm.backend == "guard":
+        return f"backend=guard format={harm.guard_format} model={harm.guard_model}"
+    return f"backend=head head={harm.head_file}"
 
 
-def harm_head(cfg: dict):
+def harm_head(harm: HarmConfig):
     """The configured :class:`cleancurate.safety.HarmHead` (parsed once per worker), or None."""
-    text = (cfg.get("harm") or {}).get("head") or ""
-    if not text:
+    if not harm.head:
         return None
-    if text not in _HEADS:
+    if harm.head not in _HEADS:
         from cleancurate.safety import HarmHead
 
-        _HEADS[text] = HarmHead.from_json(text)
-    return _HEADS[text]
+        _HEADS[harm.head] = HarmHead.from_json(harm.head)
+    return _HEADS[harm.head]
 
 
-def guard_format(cfg: dict):
+def guard_format(harm: HarmConfig):
     """The configured :class:`~cleancurate.engine.guard.GuardFormat` (parsed once per worker)."""
-    h = cfg.get("harm") or {}
-    text = h.get("guard_spec") or ""
-    if text not in _FORMATS:
+    if harm.guard_spec not in _FORMATS:
         from cleancurate.engine.guard import GuardFormat
 
-        _FORMATS[text] = GuardFormat.from_yaml(text, str(h.get("guard_format") or ""))
-    return _FORMATS[text]
+        _FORMATS[harm.guard_spec] = GuardFormat.from_yaml(harm.guard_spec, harm.guard_format)
+    return _FORMATS[harm.guard_spec]
 
 
-def load_guard(cfg: dict):
+def load_guard(cfg: Config):
     """The worker's guard model (``harm.guard_model``), loaded once and cached like every model:
     on the task's GPU in bf16 where supported, never downloaded (``model.allow_network``)."""
-    from cleancurate.models import get_model
+    from cleancurate.models import load
 
-    mc, rc = cfg["model"], cfg.get("runtime") or {}
-    return get_model(cfg["harm"]["guard_model"], "causal-lm", mc["device"], "auto", mc["allow_network"],
-                     rc.get("num_threads"))
+    return load(cfg, "guard")
 
 
-def preflight(cfg: dict) -> None:
+def preflight(cfg: Config) -> None:
     """On the driver, before any model work: the guard model's tokenizer and config load, and the format
     works with them (:func:`~cleancurate.engine.guard.check_format`). Loads no weights."""
     from transformers import AutoConfig, AutoTokenizer
@@ -87,16 +85,16 @@ def preflight(cfg: dict) -> None:
     from cleancurate.engine.guard import check_format, context_length
     from cleancurate.models import ModelError, resolve
 
-    spec = cfg["harm"]["guard_model"]
+    spec = cfg.harm.guard_model
     path, _ = resolve(spec)
-    opts = dict(trust_remote_code=False, local_files_only=not cfg["model"]["allow_network"])
+    opts = dict(trust_remote_code=False, local_files_only=not cfg.model.allow_network)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **opts)
         conf = AutoConfig.from_pretrained(path, **opts)
     except OSError as exc:
         raise ModelError(f"cannot load the guard model '{spec}' offline ({exc.__class__.__name__}: {exc}); "
                          "name a local directory, or pre-populate the Hugging Face cache") from exc
-    check_format(guard_format(cfg), tokenizer, context_length(conf))
+    check_format(guard_format(cfg.harm), tokenizer, context_length(conf))
 
 
 def guard_budget(model, configured: int | None, beside: Sequence = ()) -> int:
@@ -110,29 +108,29 @@ def guard_budget(model, configured: int | None, beside: Sequence = ()) -> int:
     return scoring_token_budget(model, reserve_gib=4.0 + others) or 1024
 
 
-def check_batch(cfg: dict, encoder, guard, queries: Sequence[str], responses: Sequence[str], *,
-                beside: Sequence = ()) -> pd.DataFrame:
+def check_batch(harm: HarmConfig, runtime: RuntimeConfig, encoder, guard, queries: Sequence[str],
+                responses: Sequence[str], *, beside: Sequence = ()) -> pd.DataFrame:
     """The configured harm check of each (query, response), in input order: ``harm`` and ``error``.
 
     Args:
-        cfg: config dict with ``harm`` (and ``runtime``, ``model`` for the guard).
+        harm: the ``harm`` section (which backend, its head or guard format).
+        runtime: the ``runtime`` section (the guard's token budget and compilation).
         encoder: the sentence encoder (``LoadedModel``) the head reads; unused by the guard.
         guard: the guard model (``LoadedModel``, :func:`load_guard`); unused by the head.
         beside: other models resident in this worker (sizes the guard's automatic budget).
     """
-    kind = backend(cfg)
+    kind = backend(harm)
     if kind == "head":
-        return screen_batch(encoder.model, encoder.tokenizer, harm_head(cfg), queries, responses)
+        return screen_batch(encoder.model, encoder.tokenizer, harm_head(harm), queries, responses)
     if kind is None:
         raise ValueError("no harm check is configured: set harm.head_file (harm.backend head) or "
                          "harm.guard_model (harm.backend guard)")
     from cleancurate.batching import resolve_score_compile
     from cleancurate.engine.guard import guard_batch
 
-    r = cfg.get("runtime") or {}
-    return guard_batch(guard.model, guard.tokenizer, guard_format(cfg), list(queries), list(responses),
-                       token_budget=guard_budget(guard.model, r.get("token_budget"), beside),
-                       compile=resolve_score_compile(guard.model, r.get("score_compile")))
+    return guard_batch(guard.model, guard.tokenizer, guard_format(harm), list(queries), list(responses),
+                       token_budget=guard_budget(guard.model, runtime.token_budget, beside),
+                       compile=resolve_score_compile(guard.model, runtime.score_compile))
 
 
 def screen_batch(model, tokenizer, head, queries: Sequence[str], responses: Sequence[str]) -> pd.DataFrame:

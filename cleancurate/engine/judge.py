@@ -19,7 +19,8 @@ import pandas as pd
 from cleancurate.batching import error_text, plan_microbatches, run_with_backoff
 from cleancurate.engine.kvcache import left_padded
 from cleancurate.prompts import chat_prompt, neutralize
-from cleancurate.schemas.udf import JUDGE_COLUMNS
+#: the columns of :func:`judge_batch`'s frame
+JUDGE_COLUMNS = ["helpfulness", "error"]
 
 DIGITS = "012345"
 

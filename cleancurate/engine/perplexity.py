@@ -14,7 +14,8 @@ import pandas as pd
 
 from cleancurate.batching import error_text, plan_microbatches, run_with_backoff
 from cleancurate.prompts import background_query, scoring_context
-from cleancurate.schemas.udf import PERPLEXITY_COLUMNS
+#: the columns of :func:`score_batch`'s frame (the scorer takes ``ppl`` and ``scored_tokens``)
+PERPLEXITY_COLUMNS = ["ppl", "scored_tokens", "error"]
 
 
 def encode_pairs(tokenizer, queries: Sequence[str], responses: Sequence[str]) -> list[tuple[list[int], int]]:

@@ -8,7 +8,7 @@ are over ``limits.max_tokens``). UDF: ``score_original``.
 :func:`generate` reads ``rounds[r-1]`` (the active beam), ``rounds[0]`` (the
 references) and ``docs`` (``query``), and writes ``candidates[r]``: beam x sampling
 grid, each with a seed from its ``cand_id``, rewritten, scored, gated
-(``passed``/``reject_reason``) and marked when duplicate. UDFs: ``rewrite``, ``score``,
+(``passed``/``reject_reason``, duplicates included). UDFs: ``rewrite``, ``score``,
 ``gate``.
 
 :func:`rank` reads ``candidates[r]`` and ``rounds[r-1]`` (the beam, carried over) and
@@ -29,6 +29,17 @@ from cleancurate.jobs.curation.objective import ORIGINAL, beam_eligible
 from cleancurate.jobs.curation.quarantine import quarantine
 
 
+def _scores(df, udf_col: str = "_q"):
+    """Every score of the candidate contract as a column of its own (``clean_text`` as ``text``), from the scorer's struct."""
+    from pyspark.sql import functions as F
+
+    from cleancurate.schemas.candidate import SCORES
+
+    return df.select("*", *[F.col(f"{udf_col}.{s.name}").alias(f"_s_{s.column}") for s in SCORES]) \
+        .drop(*[s.column for s in SCORES if s.column in df.columns]) \
+        .withColumnsRenamed({f"_s_{s.column}": s.column for s in SCORES}).drop(udf_col)
+
+
 def round0(ctx) -> None:
     """Score the selected originals: the references every gate compares against."""
     from pyspark.sql import functions as F
@@ -38,35 +49,26 @@ def round0(ctx) -> None:
     docs = ctx.read("docs").where("selected")
     orig = docs.select(
         "doc_id", "query", F.col("response").alias("text"), F.col("response").alias("original"),
-        F.lit(None).cast("string").alias("error"),
     ).repartition(ctx.partitions(), "doc_id").sortWithinPartitions("doc_id")
-    scored = orig.withColumn("_q", ctx.udfs["score_original"]("query", "text", "original"))
-    scored = scored.withColumn("error", F.col("_q.error"))
-    for c in ("ppl", "scored_tokens", "helpfulness", "similarity", "safety", "harm"):
-        scored = scored.withColumn(c, F.col(f"_q.{c}"))
+    scored = _scores(orig.withColumn("_q", ctx.udfs["score_original"]("query", "text", "original")))
     max_tokens = ctx.cfg.limits.max_tokens
     too_many = F.col("scored_tokens") > max_tokens
     reason = (F.when(F.col("error").isNotNull(), F.lit("error"))
               .when(too_many, F.lit("too_many_tokens"))
               .when(F.lit(not ctx.objective.original_competes), F.lit(ORIGINAL)))
-    out = scored.select(
-        F.lit(ctx.run_id).alias("run_id"), F.lit(0).alias("round"), "doc_id",
-        sha_id(F.col("doc_id"), F.lit("0"), F.lit("original")).alias("cand_id"),
-        F.lit(None).cast("string").alias("parent_id"), F.lit(True).alias("is_original"),
-        F.lit(False).alias("carried"), F.lit(0).alias("origin_round"),
-        F.lit(None).cast("double").alias("temperature"), F.lit(None).cast("double").alias("top_p"),
-        F.lit(None).cast("long").alias("seed"), "text", F.col("text").alias("raw_text"),
-        F.lit(0).alias("gen_tokens"), "ppl", "scored_tokens", F.col("_q.readability").alias("readability"),
-        "helpfulness", F.lit(1.0).alias("similarity"), "safety", "harm",
-        F.lit(None).cast("double").alias("retention"), F.lit(1.0).alias("length_ratio"),
-        F.col("_q.repeat_ratio").alias("repeat_ratio"), F.col("_q.compression_ratio").alias("compression_ratio"),
-        F.lit(False).alias("stripped_preamble"), reason.isNull().alias("passed"),
-        reason.alias("reject_reason"),
-        F.when(too_many & F.col("error").isNull(),
-               F.concat(F.lit("scored_tokens="), F.col("scored_tokens").cast("string"),
-                        F.lit(f" > limits.max_tokens={max_tokens}")))
-        .otherwise(F.col("error")).alias("error"),
-    )
+    # an original is its own reference: similarity and length ratio 1, no retention, nothing stripped
+    out = scored.withColumns({
+        "run_id": F.lit(ctx.run_id), "round": F.lit(0),
+        "cand_id": sha_id(F.col("doc_id"), F.lit("0"), F.lit("original")),
+        "parent_id": F.lit(None).cast("string"), "is_original": F.lit(True), "carried": F.lit(False),
+        "origin_round": F.lit(0), "temperature": F.lit(None).cast("double"), "top_p": F.lit(None).cast("double"),
+        "seed": F.lit(None).cast("long"), "raw_text": F.col("text"), "gen_tokens": F.lit(0),
+        "similarity": F.lit(1.0), "retention": F.lit(None).cast("double"), "length_ratio": F.lit(1.0),
+        "stripped_preamble": F.lit(False), "passed": reason.isNull(), "reject_reason": reason,
+        "error": F.when(too_many & F.col("error").isNull(),
+                        F.concat(F.lit("scored_tokens="), F.col("scored_tokens").cast("string"),
+                                 F.lit(f" > limits.max_tokens={max_tokens}"))).otherwise(F.col("error")),
+    })
     ctx.write(conform(out, CANDIDATES), "candidates", "round = 0", partition_by=["run_id", "round"])
     cands = ctx.read("candidates").where("round = 0")
     usable = F.col("reject_reason").isNull() | (F.col("reject_reason") == ORIGINAL)
@@ -92,14 +94,13 @@ def generate(ctx, r: int) -> None:
     from pyspark.sql import functions as F
 
     from cleancurate.schemas import CANDIDATES
+    from cleancurate.schemas.candidate import GATE_INPUTS, REFERENCES
 
     cur = ctx.cfg.curation
     u = ctx.udfs
     beam = ctx.read("rounds").where(f"round = {r - 1} AND in_beam AND doc_active")
     refs = ctx.read("rounds").where("round = 0 AND is_original").select(
-        "doc_id", F.col("text").alias("original"), F.col("ppl").alias("ref_ppl"),
-        F.col("readability").alias("ref_readability"), F.col("helpfulness").alias("ref_helpfulness"),
-        F.col("safety").alias("ref_safety"), F.col("harm").alias("ref_harm"))
+        "doc_id", F.col("text").alias("original"), *[F.col(c).alias(f"ref_{c}") for c in REFERENCES])
     queries = ctx.read("docs").select("doc_id", "query")
     grid = ctx.spark.createDataFrame(
         [(float(t), float(p)) for t in cur.temperatures for p in cur.top_ps], "temperature double, top_p double")
@@ -112,38 +113,14 @@ def generate(ctx, r: int) -> None:
            .withColumn("seed", F.conv(F.substring("cand_id", 1, 15), 16, 10).cast("long"))
            .repartition(ctx.partitions(), "doc_id").sortWithinPartitions("doc_id", "cand_id"))
     gen = req.withColumn("_g", u["rewrite"]("query", "parent_text", "temperature", "top_p", "seed"))
-    gen = gen.withColumn("raw_text", F.col("_g.text")).withColumn("gen_tokens", F.col("_g.gen_tokens")) \
-        .withColumn("error", F.col("_g.error")).drop("_g")
-    scored = gen.withColumn("_q", u["score"]("query", F.coalesce("raw_text", F.lit("")), "original"))
-    scored = scored.withColumn("text", F.col("_q.clean_text")).withColumn(
-        "error", F.coalesce("error", "_q.error"))
-    for c in ("ppl", "scored_tokens", "helpfulness", "similarity", "safety", "harm", "retention"):
-        scored = scored.withColumn(c, F.col(f"_q.{c}"))
-    # with dedupe on, an exact copy of its parent or the original is a duplicate before any other reading of it
-    # (the gate's dup input; repeats among siblings are marked after the gate by mark_duplicates)
-    copy = F.coalesce(copy_of_source(), F.lit(False)) if cur.dedupe_candidates else F.lit(False)
-    gate_in = F.struct(
-        "text", "error", F.col("_q.meta_text").alias("meta_text"), F.col("_q.form_fault").alias("form_fault"),
-        copy.alias("dup"), F.col("_q.new_words").alias("new_words"),
-        F.col("_q.dropped_words").alias("dropped_words"), "ppl",
-        F.col("_q.readability").alias("readability"), "helpfulness", "similarity", "safety", "harm", "retention",
-        F.col("_q.length_ratio").alias("length_ratio"), F.col("_q.repeat_ratio").alias("repeat_ratio"),
-        F.col("_q.compression_ratio").alias("compression_ratio"), F.col("_q.coverage").alias("coverage"),
-        "ref_ppl", "ref_readability", "ref_helpfulness", "ref_safety", "ref_harm")
-    gated = scored.withColumn("reject_reason", u["gate"](gate_in))
-    out = gated.select(
-        F.lit(ctx.run_id).alias("run_id"), F.lit(r).alias("round"), "doc_id", "cand_id", "parent_id",
-        F.lit(False).alias("is_original"), F.lit(False).alias("carried"), F.lit(r).alias("origin_round"),
-        "temperature", "top_p", "seed", "text", "raw_text", "gen_tokens", "ppl", "scored_tokens",
-        F.col("_q.readability").alias("readability"), "helpfulness", "similarity", "safety", "harm", "retention",
-        F.col("_q.length_ratio").alias("length_ratio"), F.col("_q.repeat_ratio").alias("repeat_ratio"),
-        F.col("_q.compression_ratio").alias("compression_ratio"),
-        F.col("_q.stripped_preamble").alias("stripped_preamble"),
-        F.col("reject_reason").isNull().alias("passed"), "reject_reason", "error",
-        F.col("parent_text"), F.col("original"),
-    )
-    if cur.dedupe_candidates:
-        out = mark_duplicates(out)
+    gen = gen.withColumns({"raw_text": F.col("_g.text"), "gen_tokens": F.col("_g.gen_tokens"),
+                           "gen_error": F.col("_g.error")}).drop("_g")
+    scored = _scores(gen.withColumn("_q", u["score"]("query", F.coalesce("raw_text", F.lit("")), "original")))
+    scored = scored.withColumn("error", F.coalesce("gen_error", "error")).withColumn("dup", duplicate())
+    gated = scored.withColumn("reject_reason", u["gate"](F.struct(*GATE_INPUTS)))
+    out = gated.withColumns({
+        "run_id": F.lit(ctx.run_id), "round": F.lit(r), "is_original": F.lit(False), "carried": F.lit(False),
+        "origin_round": F.lit(r), "passed": F.col("reject_reason").isNull()})
     ctx.write(conform(out, CANDIDATES), "candidates", f"round = {r}", partition_by=["run_id", "round"])
 
 
@@ -155,16 +132,18 @@ def copy_of_source():
     return (norm == F.lower(F.trim("parent_text"))) | (norm == F.lower(F.trim("original")))
 
 
-def mark_duplicates(df):
-    """Reject a candidate whose text repeats its parent, the original, or an earlier candidate."""
+def duplicate():
+    """The gate's ``dup`` input: the text is its parent or the original again, or an earlier candidate's.
+
+    Earlier is by ``cand_id`` among the document's candidates of this round without an
+    error (a candidate that failed is no original to keep); two candidates with the
+    same text get the same verdict from every other rule, so the first stands for both.
+    """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    w = Window.partitionBy("doc_id", "text").orderBy("cand_id")
-    dup = F.col("passed") & ((F.row_number().over(w) > 1) | copy_of_source())
-    return (df.withColumn("_dup", dup)
-            .withColumn("reject_reason", F.when(F.col("_dup"), F.lit("duplicate")).otherwise(F.col("reject_reason")))
-            .withColumn("passed", F.col("passed") & ~F.col("_dup")).drop("_dup"))
+    w = Window.partitionBy("doc_id", "text").orderBy(F.col("error").isNotNull(), "cand_id")
+    return F.coalesce(copy_of_source() | (F.row_number().over(w) > 1), F.lit(False))
 
 
 def rank(ctx, r: int) -> None:

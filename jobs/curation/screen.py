@@ -24,10 +24,10 @@ def screen(ctx, valid):
     """Add ``harm``, ``unsafe`` and ``screen_error`` to the valid rows (every row safe without a screen)."""
     from pyspark.sql import functions as F
 
-    h, d = ctx.cfg.harm, ctx.cfg.to_dict()
-    if backend(d) == "guard":
-        preflight(d)  # the gate's harmful rule uses the guard too, so this runs with the screen off as well
-    if not (h.screen and backend(d)):
+    h = ctx.cfg.harm
+    if backend(h) == "guard":
+        preflight(ctx.cfg)  # the gate's harmful rule uses the guard too, so this runs with the screen off as well
+    if not (h.screen and backend(h)):
         return (valid.withColumn("harm", F.lit(None).cast("double")).withColumn("unsafe", F.lit(False))
                 .withColumn("screen_error", F.lit(None).cast("string")))
     scored = valid.withColumn("_s", ctx.udfs["screen"]("query", "response"))
@@ -46,7 +46,7 @@ def quarantine_screened(ctx) -> None:
         unsafe = unsafe.where(F.lit(False))
     reason = (F.when(F.col("screen_error").isNotNull() | F.col("harm").isNull(), "screen_failed")
               .otherwise("unsafe_original"))
-    check = describe(ctx.cfg.to_dict()["harm"])
+    check = describe(ctx.cfg.harm)
     detail = F.coalesce(F.concat(F.col("screen_error"), F.lit(f" ({check})")),
                         F.format_string(f"harm=%.3f >= harm.threshold={ctx.cfg.harm.threshold} "
                                         f"({check.replace('%', '%%')})", F.col("harm")))

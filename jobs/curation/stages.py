@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 from cleancurate.config import Config
-from cleancurate.gate import gate_settings
+from cleancurate.gate import GateSettings
 from cleancurate.jobs.curation.accounting import account
 from cleancurate.jobs.curation.context import RunContext
 from cleancurate.jobs.curation.finalize import finalize
@@ -61,17 +61,13 @@ class CurationResult:
         return self.store.read(name).where(F.col("run_id") == self.run_id)
 
 
-def _udf_cfgs(cfg: Config) -> dict:
-    d = cfg.to_dict()
-    return {k: d[k] for k in ("model", "runtime", "curation", "metrics", "gate", "harm")}
-
-
 class ModelUdfs:
     """The job's real UDFs, built from the config once per job, on first use.
 
-    A UDF object per round would defeat the per-worker model cache, so the rewrite,
-    scorer and gate UDFs are built together when a round first needs one, and the
-    screen UDF when the screen runs.
+    A UDF object per round would make Spark plan a new Python function every round, so
+    the rewrite, scorer and gate UDFs are built together when a round first needs one,
+    and the screen UDF when the screen runs. Each is the one shell
+    (:func:`cleancurate.udfs.batch_udf`) over a factory of :mod:`cleancurate.udfs`.
     """
 
     def __init__(self, cfg: Config):
@@ -84,22 +80,19 @@ class ModelUdfs:
         return self._built[name]
 
     def _rounds(self) -> dict:
-        from cleancurate.udfs.gate import gate_udf
-        from cleancurate.udfs.rewrite import rewrite_udf
-        from cleancurate.udfs.score import scorer_udf
+        from cleancurate.udfs import batch_udf, gate, rewrite, score
 
-        c = _udf_cfgs(self.cfg)
         return {
-            "rewrite": rewrite_udf(c["model"], c["runtime"], c["curation"]),
-            "score_original": scorer_udf(c, strip=False),
-            "score": scorer_udf(c, strip=True),
-            "gate": gate_udf(gate_settings(c), tuple(self.cfg.limits.injection_patterns)),
+            "rewrite": batch_udf(rewrite.make_rewrite_fn, rewrite.RETURN_TYPE, self.cfg),
+            "score_original": batch_udf(score.make_scorer, score.RETURN_TYPE, self.cfg, strip=False),
+            "score": batch_udf(score.make_scorer, score.RETURN_TYPE, self.cfg, strip=True),
+            "gate": batch_udf(gate.make_gate_fn, gate.RETURN_TYPE, GateSettings.from_config(self.cfg)),
         }
 
     def _screen(self) -> dict:
-        from cleancurate.udfs.screen import screen_udf
+        from cleancurate.udfs import batch_udf, screen
 
-        return {"screen": screen_udf(_udf_cfgs(self.cfg))}
+        return {"screen": batch_udf(screen.make_screen_fn, screen.RETURN_TYPE, self.cfg)}
 
 
 class CurationJob:

@@ -108,29 +108,26 @@ class JudgeModelLoader:
 
     def encoder(self):
         if "encoder" not in self._models:
-            from cleancurate.models import get_model
+            from cleancurate.models import load
 
-            mc = self.cfg.model
-            self._models["encoder"] = get_model(self.cfg.metrics.embedder, "encoder", mc.device, "auto",
-                                                mc.allow_network)
+            self._models["encoder"] = load(self.cfg, "encoder")
         return self._models["encoder"]
 
     def llm(self, spec: str):
         if spec not in self._models:
-            from cleancurate.models import get_model
+            from cleancurate.models import ModelSpec, get_model
 
-            mc = self.cfg.model
-            self._models[spec] = get_model(spec, "causal-lm", mc.device, mc.dtype, mc.allow_network,
-                                           self.cfg.runtime.num_threads)
+            s = ModelSpec.of(self.cfg, "lm")
+            self._models[spec] = get_model(spec, s.kind, s.device, s.dtype, s.allow_network, s.num_threads)
         return self._models[spec]
 
     def harm(self):
         """The configured harm check (``harm.backend``): its models load on first use, then stay."""
         if "harm" not in self._models:
-            d = self.cfg.to_dict()
-            guard = load_guard(d) if harm_backend(d) == "guard" else None
-            enc = self.encoder() if harm_backend(d) == "head" else None
-            self._models["harm"] = lambda prompts, answers: check_batch(d, enc, guard, prompts, answers)
+            h, rt = self.cfg.harm, self.cfg.runtime
+            guard = load_guard(self.cfg) if harm_backend(h) == "guard" else None
+            enc = self.encoder() if harm_backend(h) == "head" else None
+            self._models["harm"] = lambda prompts, answers: check_batch(h, rt, enc, guard, prompts, answers)
         return self._models["harm"]
 
 
@@ -153,7 +150,7 @@ class EvaluationJob:
         self.store = TableStore(self.spark, cfg.output)
         self.progress = progress or (lambda event: None)
         self.stop_after_mix = stop_after_mix
-        if "harm" in self.ev.judges and harm_backend(cfg.to_dict()) is None:
+        if "harm" in self.ev.judges and harm_backend(cfg.harm) is None:
             # checked here, not in config validation: a curation config may turn the harm check off
             raise ConfigError("evaluation.judges 'harm' needs the configured harm check: harm.head_file (harm.backend "
                               "head) or harm.guard_model (harm.backend guard); or drop it from evaluation.judges")

@@ -32,7 +32,10 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from cleancurate.configsections import MetricsConfig
 
 _APOSTROPHES = re.compile(r"[\u2018\u2019\u02bc`]")
 HARM_RUBRIC = "harmfulness"
@@ -82,7 +85,7 @@ def llm_harm_scores(judge, prompts: Sequence[str], answers: Sequence[str], templ
     return [float(x) for x in df["helpfulness"]], list(df["error"])
 
 
-def helpfulness(metrics_cfg: dict, encoder, judge, prompts: Sequence[str], answers: Sequence[str], *,
+def helpfulness(metrics: MetricsConfig, encoder, judge, prompts: Sequence[str], answers: Sequence[str], *,
                 token_budget: int = 4096) -> tuple[list[float], list]:
     """Helpfulness of each answer by the project's metric (``metrics.helpfulness``), and an error per row.
 
@@ -94,17 +97,17 @@ def helpfulness(metrics_cfg: dict, encoder, judge, prompts: Sequence[str], answe
     if not prompts:
         return [], []
     answers = [a or "" for a in answers]
-    if metrics_cfg["helpfulness"] == "judge":
+    if metrics.helpfulness == "judge":
         from cleancurate.engine.judge import judge_batch
 
-        df = judge_batch(judge.model, judge.tokenizer, list(prompts), answers, template=metrics_cfg["judge_prompt"],
-                         rubrics=tuple(metrics_cfg["judge_rubrics"]), min_digit_mass=metrics_cfg["judge_min_digit_mass"],
+        df = judge_batch(judge.model, judge.tokenizer, list(prompts), answers, template=metrics.judge_prompt,
+                         rubrics=tuple(metrics.judge_rubrics), min_digit_mass=metrics.judge_min_digit_mass,
                          token_budget=token_budget)
         return [float(x) for x in df["helpfulness"]], list(df["error"])
     from cleancurate.engine.embedding import embed_scores_batch
 
     df = embed_scores_batch(encoder.model, encoder.tokenizer, list(prompts), answers, answers,
-                            metrics_cfg["helpful_anchor"], metrics_cfg["helpful_anchor"],
-                            metrics_cfg["unhelpful_anchor"])
-    values = (df["relevance"] + float(metrics_cfg["style_weight"]) * df["style"]).tolist()
+                            metrics.helpful_anchor, metrics.helpful_anchor,
+                            metrics.unhelpful_anchor)
+    values = (df["relevance"] + metrics.style_weight * df["style"]).tolist()
     return [float(v) if v is not None else math.nan for v in values], list(df["error"])

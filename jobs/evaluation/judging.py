@@ -97,9 +97,9 @@ def judge_answers(mix: str, result: dict, harmful: PromptSet, benign: PromptSet,
             if e:
                 df.at[i, "_score_errors"].append(f"llm judge: {e}")
     if idx_b:
-        m = cfg.to_dict()["metrics"]
-        judge = models.llm(cfg.metrics.judge_model or cfg.model.name) if m["helpfulness"] == "judge" else None
-        enc = models.encoder() if m["helpfulness"] != "judge" else None
+        m = cfg.metrics
+        judge = models.llm(m.judge_model or cfg.model.name) if m.helpfulness == "judge" else None
+        enc = models.encoder() if m.helpfulness != "judge" else None
         budget = resolve_scoring_budget(judge.model, cfg.runtime.token_budget) if judge else cfg.runtime.token_budget
         vals, errs = helpfulness(m, enc, judge, df.loc[idx_b, "prompt"].tolist(), df.loc[idx_b, "answer"].tolist(),
                                  token_budget=max(budget or 0, 2048))
