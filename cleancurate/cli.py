@@ -10,25 +10,47 @@ import sys
 def _config_show(argv: list[str]) -> int:
     from cleancurate import config as config_mod
 
-    p = argparse.ArgumentParser(prog="cleancurate config show", description="Print the resolved config and its hash.")
+    p = argparse.ArgumentParser(
+        prog="cleancurate config show",
+        description="Print the configuration a run would use and its hash: every key a user can set, the ones the "
+                    "profile (and the profiles it extends) or --set gave marked '# set', the rest at their defaults.")
     p.add_argument("--config", "-c", default="demo")
     p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--evaluation", action="store_true", help="also print the evaluation section (cleancurate evaluate)")
     p.add_argument("--json", action="store_true", help="JSON instead of YAML")
     args = p.parse_args(argv)
     try:
         cfg = config_mod.load(args.config, args.overrides)
+        given = config_mod.profile_keys(args.config, args.overrides)
     except config_mod.ConfigError as exc:
         print(f"cleancurate: error: {exc}", file=sys.stderr)
         return 2
-    d = cfg.to_dict()
+    d = cfg.user_dict(evaluation=args.evaluation)
     if args.json:
         print(json.dumps({"config_hash": cfg.hash, "config": d}, indent=2))
-    else:
-        import yaml
-
-        print(f"# config_hash: {cfg.hash}")
-        print(yaml.safe_dump(d, sort_keys=False, allow_unicode=True, width=100), end="")
+        return 0
+    print(f"# config_hash: {cfg.hash}")
+    for line in _yaml_lines(d, given):
+        print(line)
     return 0
+
+
+def _yaml_lines(d: dict, given: set[str]) -> list[str]:
+    """One line per key (lists inline), sections as blocks; keys in ``given`` marked ``# set``."""
+    import yaml
+
+    def value(v) -> str:
+        return yaml.safe_dump(v, default_flow_style=True, width=float("inf"), allow_unicode=True).strip() \
+            .removesuffix("\n...").removesuffix("...").strip()
+
+    lines = []
+    for key, v in d.items():
+        if isinstance(v, dict) and v:
+            lines.append(f"{key}:")
+            lines += [f"  {k}: {value(x)}" + ("  # set" if f"{key}.{k}" in given else "") for k, x in v.items()]
+        else:
+            lines.append(f"{key}: {value(v)}" + ("  # set" if key in given else ""))
+    return lines
 
 
 def _sample(argv: list[str]) -> int:

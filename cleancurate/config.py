@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -49,15 +49,25 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict (tuples as lists), e.g. for YAML or JSON output."""
+        """Plain nested dict (tuples as lists) of every field, the resolved file texts included."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def user_dict(self, evaluation: bool = True) -> dict[str, Any]:
+        """The keys a user can set, with their values: :meth:`to_dict` without the file texts read at load time."""
+        d = self.to_dict()
+        for section, name in RESOLVED:
+            d[section].pop(name, None)
+        if not evaluation:
+            d.pop("evaluation")
+        return d
 
     @property
     def hash(self) -> str:
         """Hash of everything that changes the curated result.
 
         Output location, Spark settings, batching and reporting are left out: they
-        change where and how fast, not what.
+        change where and how fast, not what. The texts of the prompt and harm files are
+        in: executors use exactly them.
         """
         d = self.to_dict()
         for key in ("output", "spark", "runtime", "report", "name", "evaluation"):
@@ -69,31 +79,29 @@ class Config:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def with_overrides(self, overrides: list[str] | dict[str, Any]) -> "Config":
-        """A copy with ``section.key=value`` overrides applied and validated."""
+        """A copy with ``section.key=value`` overrides applied and validated.
+
+        A file named by an overridden key (``curation.prompt_file``, ``harm.head_file``, ...)
+        is read again; a new harm check takes its own thresholds unless they are set too.
+        """
         raw = self.to_dict()
         _apply_overrides(raw, overrides)
         keys = set(overrides) if isinstance(overrides, dict) else {o.split("=", 1)[0].strip() for o in overrides}
-        if keys & {"harm.backend", "harm.guard_format", "harm.head_file"}:  # another check: its files, its thresholds
-            h = raw["harm"]
-            h["guard_spec"] = ""
-            if "harm.head_file" in keys:
-                h["head"] = read_conf_file(h["head_file"], None) if h["head_file"] else ""
-            h.update({k: None for k in ("threshold", "gate_threshold") if f"harm.{k}" not in keys})
+        for (section, name), sources in RESOLVED.items():
+            if keys & {f"{section}.{k}" for k in sources}:
+                raw[section][name] = ""  # read again by from_dict
+        if keys & {"harm.backend", "harm.guard_format", "harm.head_file"}:  # another check: its thresholds
+            raw["harm"].update({k: None for k in ("threshold", "gate_threshold") if f"harm.{k}" not in keys})
         return from_dict(raw, base_dir=None, resolve_prompts=False)
 
 
-_ENUMS = {
-    "input.format": ("auto", "parquet", "delta", "table"),
-    "input.duplicate_ids": ("error", "drop"),
-    "curation.objective": ("minimize", "maximize"),
-    "metrics.helpfulness": ("embedding", "judge"),
-    "gate.safety_check": ("none", "keywords", "embedding"),
-    "harm.screen_action": ("quarantine", "flag"),
-    "harm.backend": ("head", "guard"),
-    "model.backend": ("transformers", "vllm"),
-    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
-    "evaluation.method": ("full", "lora"),
-    "evaluation.distributor": ("none", "torch"),
+#: (section, field) filled from a file at load time -> the keys that name the file
+RESOLVED: dict[tuple[str, str], tuple[str, ...]] = {
+    ("curation", "prompt"): ("prompt_file",),
+    ("metrics", "judge_prompt"): ("judge_prompt_file",),
+    ("harm", "head"): ("head_file",),
+    ("harm", "guard_spec"): ("guard_format", "backend"),
+    ("evaluation", "judge_prompt"): ("judge_prompt_file", "judges"),
 }
 
 
@@ -149,8 +157,9 @@ def _apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any])
             if part not in node or not isinstance(node[part], dict):
                 raise ConfigError(f"unknown config section '{part}' in override '{key}'")
             node = node[part]
-        if parts[-1] not in node:
-            raise ConfigError(f"unknown config key '{key}' in override")
+        if parts[-1] not in node or tuple(parts) in RESOLVED:
+            hint = f" (it is read from {parts[0]}.{RESOLVED[tuple(parts)][0]})" if tuple(parts) in RESOLVED else ""
+            raise ConfigError(f"unknown config key '{key}' in override{hint}")
         node[parts[-1]] = value
 
 
@@ -166,6 +175,10 @@ def _coerce(path: str, typ: Any, value: Any) -> Any:
         return _coerce(path, inner, value)
     if value is None:
         raise ConfigError(f"{path} must not be null")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{path} must be one of {list(args)}, got {value!r}")
+        return value
     if origin is tuple:
         if isinstance(value, str):
             value = [value]
@@ -220,11 +233,6 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
 
 
 def _validate(cfg: Config) -> None:
-    d = cfg.to_dict()
-    for key, allowed in _ENUMS.items():
-        sec, name = key.split(".")
-        if d[sec][name] not in allowed:
-            raise ConfigError(f"{key} must be one of {list(allowed)}, got {d[sec][name]!r}")
     s, c, g, r = cfg.selection, cfg.curation, cfg.gate, cfg.runtime
     checks = [
         (0.0 < s.fraction <= 1.0, f"selection.fraction must be in (0, 1], got {s.fraction}"),
@@ -383,22 +391,36 @@ def _head_thresholds(head_text: str, head_file: str | None) -> dict:
     return {"threshold": head.threshold, "gate_threshold": head.gate_threshold}
 
 
-def from_dict(raw: dict[str, Any], base_dir: Path | None = None, resolve_prompts: bool = True) -> Config:
-    """Build and validate a Config from a nested dict."""
-    raw = json.loads(json.dumps(raw or {}))
-    if resolve_prompts:
-        cur = raw.setdefault("curation", {}) or {}
-        raw["curation"] = cur
+def _drop_resolved(raw: dict[str, Any]) -> None:
+    """File texts given in a profile are not keys: the loader reads them (they never took effect)."""
+    import warnings
+
+    for (section, name), sources in RESOLVED.items():
+        sec = raw.get(section)
+        if isinstance(sec, dict) and name in sec:
+            if sec.pop(name):
+                warnings.warn(f"{section}.{name} is read from {section}.{sources[0]} at load time; the value given "
+                              "in the profile is ignored (set the file instead)", FutureWarning, stacklevel=4)
+
+
+def _resolve_files(raw: dict[str, Any], base_dir: Path | None) -> None:
+    """Fill each file-backed field (:data:`RESOLVED`) that is empty with its file's text."""
+    def sec(name: str) -> dict:
+        raw[name] = raw.get(name) or {}
+        return raw[name]
+
+    cur, met, harm, ev = sec("curation"), sec("metrics"), sec("harm"), sec("evaluation")
+    if not cur.get("prompt"):
         cur["prompt"] = read_conf_file(cur.get("prompt_file", CurationConfig.prompt_file), base_dir)
-        met = raw.setdefault("metrics", {}) or {}
-        raw["metrics"] = met
+    if not met.get("judge_prompt"):
         met["judge_prompt"] = read_conf_file(met.get("judge_prompt_file", MetricsConfig.judge_prompt_file), base_dir)
-        harm = raw.setdefault("harm", {}) or {}
-        raw["harm"] = harm
+    if not harm.get("head"):
         head_file = harm.get("head_file", HarmConfig.head_file)
         harm["head"] = read_conf_file(head_file, base_dir) if head_file else ""
-        ev = raw.setdefault("evaluation", {}) or {}
-        raw["evaluation"] = ev
+    if harm.get("backend") == "guard" and not harm.get("guard_spec"):
+        harm["guard_spec"] = read_conf_file(_guard_format_file(str(harm.get("guard_format", HarmConfig.guard_format))),
+                                            base_dir)
+    if not ev.get("judge_prompt"):
         try:
             ev["judge_prompt"] = read_conf_file(ev.get("judge_prompt_file", EvaluationConfig.judge_prompt_file),
                                                 base_dir)
@@ -406,22 +428,48 @@ def from_dict(raw: dict[str, Any], base_dir: Path | None = None, resolve_prompts
             if "llm" in (ev.get("judges") or ()):
                 raise
             ev["judge_prompt"] = ""  # only the LLM judge reads it
-    harm = raw.get("harm") or {}
-    guard = isinstance(harm, dict) and harm.get("backend") == "guard"
-    if guard and (resolve_prompts or not harm.get("guard_spec")):
-        harm["guard_spec"] = read_conf_file(_guard_format_file(str(harm.get("guard_format", HarmConfig.guard_format))),
-                                            base_dir)
-    if isinstance(harm, dict) and (harm.get("threshold") is None or harm.get("gate_threshold") is None):
-        if guard:
+
+
+def from_dict(raw: dict[str, Any], base_dir: Path | None = None, resolve_prompts: bool = True) -> Config:
+    """Build and validate a Config from a nested dict.
+
+    ``resolve_prompts``: the dict is a user's (a profile's keys): file texts in it are
+    dropped and every file is read. False: the dict is a resolved configuration's
+    (:meth:`Config.to_dict`); only file texts left empty are read.
+    """
+    raw = json.loads(json.dumps(raw or {}))
+    if resolve_prompts:
+        _drop_resolved(raw)
+    _resolve_files(raw, base_dir)
+    harm = raw["harm"]
+    if harm.get("threshold") is None or harm.get("gate_threshold") is None:
+        if harm.get("backend") == "guard":
             fmt = _guard_format(harm)
             own = {"threshold": fmt.threshold, "gate_threshold": fmt.gate_threshold}
         else:
             own = _head_thresholds(harm.get("head") or "", harm.get("head_file"))
         raw["harm"] = {**harm, **{k: v for k, v in own.items() if harm.get(k) is None}}
     _rename_judges(raw)
+    _drop_retired(raw)
     cfg = _build(Config, raw, "")
     _validate(cfg)
     return cfg
+
+
+#: keys that are no longer read, and what to do instead
+RETIRED = {
+    ("report", "mlflow"): "nothing reads it yet (MLflow tracking is planned); remove it from the profile",
+}
+
+
+def _drop_retired(raw: dict[str, Any]) -> None:
+    import warnings
+
+    for (section, name), why in RETIRED.items():
+        sec = raw.get(section)
+        if isinstance(sec, dict) and name in sec:
+            sec.pop(name)
+            warnings.warn(f"{section}.{name} is ignored: {why}", FutureWarning, stacklevel=4)
 
 
 def _rename_judges(raw: dict) -> None:
@@ -437,26 +485,56 @@ def _rename_judges(raw: dict) -> None:
         ev["judges"] = list(dict.fromkeys("harm" if j == "harm_head" else j for j in judges))
 
 
-def load(name_or_path: str, overrides: list[str] | None = None) -> Config:
-    """Load a profile (path or name in ``conf/``), apply overrides, validate.
-
-    Raises:
-        ConfigError: the file is missing, a key is unknown, or a value is invalid.
-    """
-    path = find_profile(name_or_path)
+def _read_profile(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A profile's keys, over those of the profile it ``extends:`` (a name in conf/ or a path beside it)."""
+    if path.resolve() in chain:
+        names = " -> ".join(p.name for p in chain + (path.resolve(),))
+        raise ConfigError(f"profiles extend each other in a circle: {names}")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping at the top level")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: extends must name one profile, got {parent!r}")
+    beside = path.parent / parent
+    parent_path = beside if beside.is_file() else find_profile(parent)
+    base = _read_profile(parent_path, chain + (path.resolve(),))
+    base.pop("name", None)
+    _deep_merge(base, raw)
+    return base
+
+
+def load(name_or_path: str, overrides: list[str] | None = None) -> Config:
+    """Load a profile (path or name in ``conf/``), apply overrides, validate.
+
+    A profile may start from another with ``extends: <profile>``: its keys are merged
+    over the other's, section by section (a list replaces a list).
+
+    Raises:
+        ConfigError: the file is missing, a key is unknown, or a value is invalid.
+    """
+    path = find_profile(name_or_path)
+    raw = _read_profile(path)
     raw.setdefault("name", path.stem)
     if overrides:
-        base = Config().to_dict()
+        base = Config().user_dict()
         _deep_merge(base, raw)
         _apply_overrides(base, overrides)
         raw = base
     return from_dict(raw, base_dir=path.parent)
+
+
+def profile_keys(name_or_path: str, overrides: list[str] | None = None) -> set[str]:
+    """The dotted keys a profile (with the profiles it extends) and the overrides set: the rest are defaults."""
+    raw = _read_profile(find_profile(name_or_path))
+    keys = {f"{sec}.{k}" for sec, v in raw.items() if isinstance(v, dict) for k in v}
+    keys |= {k for k, v in raw.items() if not isinstance(v, dict)}
+    return keys | {o.split("=", 1)[0].strip() for o in overrides or ()}
 
 
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> None:

@@ -8,6 +8,16 @@ profile into these classes, validates it and hashes it. Users import them from
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
+
+
+def resolved(**kw):
+    """A field the loader fills in (a file's text, read at load time), not a key of the user's schema.
+
+    It is part of the configuration's hash (the executors use exactly this text) but is not
+    accepted from a profile and not printed by ``cleancurate config show``.
+    """
+    return field(default="", metadata={"resolved": True}, **kw)
 
 
 @dataclass(frozen=True)
@@ -15,13 +25,13 @@ class InputConfig:
     """Where the corpus comes from and which columns hold what."""
 
     path: str = "data/sample/corpus.parquet"
-    format: str = "auto"  # auto | parquet | delta | table
+    format: Literal["auto", "parquet", "delta", "table"] = "auto"
     id_column: str | None = "id"  # None: derive doc_id from content
     query_column: str = "query"
     response_column: str = "response"
     text_column: str | None = None  # a single text column instead of query/response
     split_pattern: str | None = None  # regex with groups (query, response) for text_column
-    duplicate_ids: str = "error"  # error | drop (first by content hash is kept; others quarantined)
+    duplicate_ids: Literal["error", "drop"] = "error"  # drop: the first by content hash is kept, others quarantined
 
 
 @dataclass(frozen=True)
@@ -47,10 +57,10 @@ class ModelConfig:
 
     name: str = "embedded:smollm2-135m"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     allow_network: bool = False  # hub access at load time; off means offline mode is enforced
     max_context: int | None = None  # None: the model's own context length
-    backend: str = "transformers"  # transformers | vllm (generation only)
+    backend: Literal["transformers", "vllm"] = "transformers"  # generation only
     memory_gb: float | None = None  # executor memory to check the model against before the run
 
 
@@ -58,7 +68,7 @@ class ModelConfig:
 class CurationConfig:
     """The search: objective, rounds, beam, sampling grid, prompts."""
 
-    objective: str = "minimize"  # minimize (CTRL) | maximize (Buckle Up)
+    objective: Literal["minimize", "maximize"] = "minimize"  # minimize: CTRL; maximize: Buckle Up
     rounds: int = 5
     beam_size: int = 3
     temperatures: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0)
@@ -70,7 +80,7 @@ class CurationConfig:
     stop_tolerance: float = 0.0  # relative improvement a round must exceed to keep a document active
     dedupe_candidates: bool = True
     max_candidates_per_round: int = 1_000_000
-    prompt: str = ""  # filled from prompt_file at load time
+    prompt: str = resolved()  # the text of prompt_file
 
 
 @dataclass(frozen=True)
@@ -78,7 +88,7 @@ class MetricsConfig:
     """Quality signals computed for every candidate."""
 
     readability: str = "flesch_reading_ease"  # any textstat function of one text
-    helpfulness: str = "embedding"  # embedding (relevance + style) | judge (LLM rubric judge)
+    helpfulness: Literal["embedding", "judge"] = "embedding"  # embedding: relevance + style; judge: LLM rubric judge
     embedder: str = "embedded:minilm-l6"
     # embedding helpfulness = cos(query, text) + style_weight * (cos(text, helpful) - cos(text, unhelpful))
     style_weight: float = 1.0
@@ -88,12 +98,12 @@ class MetricsConfig:
     judge_prompt_file: str = "prompts/judge.txt"
     judge_rubrics: tuple[str, ...] = ("relevance", "clarity", "comprehensiveness", "usefulness")
     judge_min_digit_mass: float = 0.5
-    judge_prompt: str = ""
+    judge_prompt: str = resolved()  # the text of judge_prompt_file
 
 
 @dataclass(frozen=True)
 class GateConfig:
-    """Quality gate, relative to each document's round-0 scores (see conf/README.md)."""
+    """Quality gate, relative to each document's round-0 scores; the rules and their order: :mod:`cleancurate.gate`."""
 
     readability_min_ratio: float | None = 0.1
     helpfulness_min_ratio: float | None = 0.5
@@ -104,7 +114,7 @@ class GateConfig:
     max_repeated_ngram_ratio: float | None = 0.3
     max_compression_ratio: float | None = 2.5
     ppl_ceiling_ratio: float | None = None
-    safety_check: str = "none"  # none | keywords | embedding
+    safety_check: Literal["none", "keywords", "embedding"] = "none"
     safety_keywords: tuple[str, ...] = (
         "safe", "safety", "careful", "caution", "responsib", "risk", "harm", "consult",
         "professional", "legal", "ethic", "respect", "protect", "well-being", "wellbeing",
@@ -134,7 +144,7 @@ class HarmConfig:
     null take the check's own: the head file's, or the format file's.
     """
 
-    backend: str = "head"  # head | guard
+    backend: Literal["head", "guard"] = "head"
     head_file: str | None = "safety/harm_head.json"  # logistic head on embeddings; null turns the head off
     guard_model: str | None = None  # guard: a local model directory or volume, a cached hub id, embedded:...
     guard_format: str = "llama_guard_3"  # guard: conf/safety/guard/<name>.yaml, or a path to such a file
@@ -144,9 +154,9 @@ class HarmConfig:
     # harmful is kept as it is, never polished; null turns the rule off
     revise_below: float | None = 0.4
     screen: bool = True  # score every valid original; harmful ones are never curated
-    screen_action: str = "quarantine"  # quarantine: leave the mix (quarantine stage 'screen') | flag: stay, flagged
-    head: str = ""  # filled from head_file at load time
-    guard_spec: str = ""  # filled from guard_format at load time (backend guard)
+    screen_action: Literal["quarantine", "flag"] = "quarantine"  # quarantine: leave the mix (stage 'screen'); flag: stay
+    head: str = resolved()  # the text of head_file
+    guard_spec: str = resolved()  # the text of guard_format's file (backend guard)
 
 
 @dataclass(frozen=True)
@@ -189,11 +199,10 @@ class SparkConfig:
 
 @dataclass(frozen=True)
 class ReportConfig:
-    """Run report and optional tracking."""
+    """The run report (``<output>/report``)."""
 
     enabled: bool = True
-    examples: int = 5
-    mlflow: bool = False
+    examples: int = 5  # rows in the report's table of the largest perplexity drops
 
 
 #: refusal phrases in the style of the published keyword lists (GCG's "test prefixes", Zou et al. 2023):
@@ -237,7 +246,7 @@ class EvaluationConfig:
     max_benign: int | None = None  # cap on benign training rows (the harmful count follows the rate)
     seed: int = 17
     # fine-tuning
-    method: str = "full"  # full | lora (needs peft: pip install 'cleancurate[eval]')
+    method: Literal["full", "lora"] = "full"  # lora needs peft: pip install 'cleancurate[eval]'
     learning_rate: float = 5e-5  # AdamW, as in the papers
     weight_decay: float = 0.0
     batch_size: int = 10  # the papers' batch size
@@ -248,7 +257,7 @@ class EvaluationConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    distributor: str = "none"  # none: train in this process | torch: pyspark's TorchDistributor
+    distributor: Literal["none", "torch"] = "none"  # none: train in this process; torch: pyspark's TorchDistributor
     num_processes: int = 1  # TorchDistributor processes (one per GPU)
     local_mode: bool = True  # TorchDistributor on the driver (True) or on executors (False)
     use_gpu: bool = False  # TorchDistributor with one GPU per process
@@ -267,7 +276,7 @@ class EvaluationConfig:
     judge_model: str | None = None  # LLM judge model; None: model.name
     judge_prompt_file: str = "prompts/eval_harm_judge.txt"
     judge_threshold: float = 2.5  # LLM judge score (0-5) at or above which an answer counts as harmful
-    judge_prompt: str = ""  # filled from judge_prompt_file at load time
+    judge_prompt: str = resolved()  # the text of judge_prompt_file
     bootstrap: int = 2000  # bootstrap resamples per interval
     confidence: float = 0.95
     report_dir: str | None = None  # None: <output.path>/report

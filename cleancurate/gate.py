@@ -170,10 +170,11 @@ def _added_to_copy(row: Mapping, s: GateSettings) -> bool:
     return not _nan(new) and not _nan(dropped) and dropped <= s.gate.copy_max_dropped_words
 
 
-def _below_floor(name: str, ratio: float | None) -> Callable[[Mapping, GateSettings], bool]:
+def _below_floor(name: str, ratio: Callable[[GateConfig], float]) -> Callable[[Mapping, GateSettings], bool]:
+    """Fails when score ``name`` is missing or below ``ratio`` x its round-0 reference (:func:`relative_floor`)."""
     def fails(row: Mapping, s: GateSettings) -> bool:
         v = row.get(name)
-        return _nan(v) or v < relative_floor(row.get(f"ref_{name}"), getattr(s.gate, ratio))
+        return _nan(v) or v < relative_floor(row.get(f"ref_{name}"), ratio(s.gate))
     return fails
 
 
@@ -224,10 +225,10 @@ RULE_ORDER: tuple[Rule, ...] = (
     Rule("added_to_copy", ("new_words", "dropped_words"), _added_to_copy, on=_gate_on("copy_max_dropped_words")),
     Rule("retention", ("retention",), lambda r, s: _nan(r.get("retention")) or r["retention"] > s.gate.max_retention,
          on=_gate_on("max_retention")),
-    Rule("readability", ("readability", "ref_readability"), _below_floor("readability", "readability_min_ratio"),
-         on=_gate_on("readability_min_ratio")),
-    Rule("helpfulness", ("helpfulness", "ref_helpfulness"), _below_floor("helpfulness", "helpfulness_min_ratio"),
-         on=_gate_on("helpfulness_min_ratio")),
+    Rule("readability", ("readability", "ref_readability"),
+         _below_floor("readability", lambda g: g.readability_min_ratio), on=_gate_on("readability_min_ratio")),
+    Rule("helpfulness", ("helpfulness", "ref_helpfulness"),
+         _below_floor("helpfulness", lambda g: g.helpfulness_min_ratio), on=_gate_on("helpfulness_min_ratio")),
     Rule("error", ("ppl",), lambda r, s: _nan(r["ppl"])),
     Rule("ppl_ceiling", ("ppl", "ref_ppl"), lambda r, s: r["ppl"] > s.gate.ppl_ceiling_ratio * r["ref_ppl"],
          on=_gate_on("ppl_ceiling_ratio")),

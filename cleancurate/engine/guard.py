@@ -34,13 +34,16 @@ import math
 import re
 import weakref
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import pandas as pd
 
 from cleancurate.batching import error_text, plan_microbatches, run_with_backoff, text_config
 from cleancurate.prompts import neutralize
 from cleancurate.schemas.udf import SCREEN_COLUMNS
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 _PLACEHOLDER = re.compile(r"\{(query|response|policy)\}")
 _KEYS = ("name", "source", "card", "notes", "template", "chat_template", "policies", "verdicts", "delimiters",
@@ -235,7 +238,7 @@ def verdict_tokens(fmt: GuardFormat, tokenizer) -> VerdictTokens:
     return _cached(tokenizer, ("verdicts", fmt), build)
 
 
-def context_length(config, configured: int | None = None) -> int:
+def context_length(config: "PretrainedConfig", configured: int | None = None) -> int:
     """The longest prompt a model of this ``config`` takes: ``configured``, else its position limit."""
     if configured:
         return int(configured)

@@ -14,8 +14,12 @@ import sys
 from pathlib import Path
 
 
-def report_data(spark, out: str, run_id: str | None = None, reader_sample: int = 10) -> dict:
-    """The numbers behind the report, as small pandas frames (collected aggregates only)."""
+def report_data(spark, out: str, run_id: str | None = None, reader_sample: int = 10, examples: int = 5) -> dict:
+    """The numbers behind the report, as small pandas frames (collected aggregates only).
+
+    ``reader_sample`` revisions are shown side by side; ``examples`` (``report.examples``) rows in the
+    table of the largest perplexity drops.
+    """
     from pyspark.sql import functions as F
 
     def t(name):
@@ -35,9 +39,9 @@ def report_data(spark, out: str, run_id: str | None = None, reader_sample: int =
             .orderBy(F.desc("count")).toPandas())
     median = (rounds.where("in_beam").groupBy("round")
               .agg(F.percentile_approx("ppl", 0.5).alias("median_ppl")).orderBy("round").toPandas())
-    examples = (curated.where("improved").orderBy(F.col("ppl_original") - F.col("ppl_curated"), ascending=False)
+    top = (curated.where("improved").orderBy(F.col("ppl_original") - F.col("ppl_curated"), ascending=False)
                 .select("doc_id", "query", "response_original", "response_curated", "ppl_original", "ppl_curated")
-                .limit(5).toPandas())
+                .limit(examples).toPandas())
     quarantine = t("quarantine").where(where).groupBy("stage", "reason").count().orderBy("stage", "reason").toPandas()
     # the reader's view: a seeded random sample of revisions that replaced their original, side by side
     reader = (curated.where("improved").orderBy(F.sha2(F.concat(F.lit("reader:"), F.col("doc_id")), 256))
@@ -53,7 +57,7 @@ def report_data(spark, out: str, run_id: str | None = None, reader_sample: int =
     tokens = int(stats.gen_tokens.sum() + stats.scored_tokens.sum()) if len(stats) else 0
     return {
         "run": run, "run_id": run_id, "ppl": ppl, "gate": gate, "median": median, "stats": stats,
-        "examples": examples, "quarantine": quarantine, "reader": reader, "outcomes": outcomes, "kept": kept,
+        "examples": top, "quarantine": quarantine, "reader": reader, "outcomes": outcomes, "kept": kept,
         "screened": screened,
         "throughput": {
             "seconds": total_seconds,
@@ -192,7 +196,7 @@ def build_report(result, timings: dict | None = None) -> str | None:
     if result.store.catalog:
         return None
     out = result.store.output.path
-    data = report_data(result.store.spark, out, result.run_id)
+    data = report_data(result.store.spark, out, result.run_id, examples=result.config.report.examples)
     return str(write_report(data, Path(out) / "report", timings))
 
 
@@ -200,11 +204,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="cleancurate report", description="Rebuild the HTML report from a run's tables.")
     p.add_argument("out", help="output folder of the run (holds curated/, rounds/, ...)")
     p.add_argument("--run-id", help="which run (default: the most recently updated)")
+    p.add_argument("--examples", type=int, default=5, help="rows in the table of largest perplexity drops")
     args = p.parse_args(argv)
     from cleancurate.session import get_spark
 
     spark = get_spark()
-    data = report_data(spark, args.out, args.run_id)
+    data = report_data(spark, args.out, args.run_id, examples=args.examples)
     path = write_report(data, Path(args.out) / "report")
     print(f"report: {path}")
     return 0

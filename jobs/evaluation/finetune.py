@@ -29,7 +29,10 @@ import importlib.util
 import os
 import time
 from datetime import timedelta
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
+
+if TYPE_CHECKING:
+    from cleancurate.configsections import EvaluationConfig
 
 MAX_GRAD_NORM = 1.0
 IGNORE = -100
@@ -125,35 +128,35 @@ def collate(examples: Sequence[tuple[list[int], int]], pad_id: int):
     return ids_t, mask, labels
 
 
-def add_lora(model, ev: dict):
+def add_lora(model, ev: EvaluationConfig):
     """Wrap the model with LoRA adapters (``peft``); only the adapters train."""
     if not peft_available():
         raise FineTuneError("evaluation.method 'lora' needs peft: pip install 'cleancurate[eval]' "
                             "(or set evaluation.method: full)")
     from peft import LoraConfig, get_peft_model
 
-    cfg = LoraConfig(r=ev["lora_r"], lora_alpha=ev["lora_alpha"], lora_dropout=ev["lora_dropout"],
-                     target_modules=list(ev["lora_target_modules"]), task_type="CAUSAL_LM")
+    cfg = LoraConfig(r=ev.lora_r, lora_alpha=ev.lora_alpha, lora_dropout=ev.lora_dropout,
+                     target_modules=list(ev.lora_target_modules), task_type="CAUSAL_LM")
     return get_peft_model(model, cfg)
 
 
-def train(model, tokenizer, pairs: Sequence[tuple[str, str]], ev: dict, *, rank: int = 0, world: int = 1,
+def train(model, tokenizer, pairs: Sequence[tuple[str, str]], ev: EvaluationConfig, *, rank: int = 0, world: int = 1,
           on_step: Callable[[int, float], None] | None = None) -> dict:
     """Fine-tune ``model`` in place on (query, response) pairs; returns training statistics.
 
     Args:
         model: a causal LM in float32 (or a DDP / peft wrapper of one).
         pairs: the training mix.
-        ev: the ``evaluation`` config section as a dict.
+        ev: the ``evaluation`` config section.
         rank, world: this process's share of every batch under ``DistributedDataParallel``.
         on_step: called with (step, loss) after every optimizer step.
     """
     import torch
 
     t0 = time.time()
-    seed = int(ev["seed"])
+    seed = int(ev.seed)
     torch.manual_seed(seed)
-    examples, skipped = encode_examples(tokenizer, pairs, int(ev["max_length"]))
+    examples, skipped = encode_examples(tokenizer, pairs, int(ev.max_length))
     params = [p for p in model.parameters() if p.requires_grad]
     stats = {"examples": len(examples), "skipped": skipped, "steps": 0, "losses": [],
              "trainable_params": sum(p.numel() for p in params),
@@ -161,14 +164,14 @@ def train(model, tokenizer, pairs: Sequence[tuple[str, str]], ev: dict, *, rank:
     if not examples:
         stats["seconds"] = time.time() - t0
         return stats
-    opt = torch.optim.AdamW(params, lr=float(ev["learning_rate"]), weight_decay=float(ev["weight_decay"]))
+    opt = torch.optim.AdamW(params, lr=float(ev.learning_rate), weight_decay=float(ev.weight_decay))
     device = next(model.parameters()).device
     autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     order_gen = torch.Generator().manual_seed(seed)
-    bs, max_steps = int(ev["batch_size"]), ev.get("max_steps")
+    bs, max_steps = int(ev.batch_size), ev.max_steps
     model.train()
-    for _epoch in range(int(ev["epochs"])):
+    for _epoch in range(int(ev.epochs)):
         order = torch.randperm(len(examples), generator=order_gen).tolist()
         for start in range(0, len(order), bs):
             batch = [examples[i] for i in order[start:start + bs]]
@@ -209,11 +212,11 @@ def training_phases(payload: dict) -> list[dict]:
 def train_and_answer(payload: dict) -> dict:
     """Fine-tune on one mix and answer the held-out prompts: the model work of one mix.
 
-    ``payload`` (plain data, picklable for ``TorchDistributor``): ``mix``, ``phases``
+    ``payload`` (picklable for ``TorchDistributor``): ``mix``, ``phases``
     (the training phases in order, each ``{"phase", "kinds", "pairs"}`` with (query,
     response) pairs; empty for ``base``; or a single list ``pairs``), ``harmful``
     [(id, prompt)], ``benign`` [(id, prompt, reference)], and the config sections
-    ``model``, ``runtime``, ``evaluation``; optional ``save_dir`` to keep the tuned model.
+    ``model``, ``runtime``, ``evaluation`` (the frozen dataclasses); optional ``save_dir`` to keep the tuned model.
 
     Each phase is a fine-tuning run of its own (:func:`train`: a fresh optimizer, the
     same seed, ``evaluation.epochs`` epochs) on the weights the previous phase left;
@@ -231,12 +234,12 @@ def train_and_answer(payload: dict) -> dict:
 
     mc, rc, ev = payload["model"], payload["runtime"], payload["evaluation"]
     rank, world, local_rank = _dist_env()
-    if rc.get("num_threads"):
-        torch.set_num_threads(int(rc["num_threads"]))
-    device = mc["device"]
+    if rc.num_threads:
+        torch.set_num_threads(int(rc.num_threads))
+    device = mc.device
     if world > 1 or payload.get("distributed"):
-        device = f"cuda:{local_rank}" if ev.get("use_gpu") and torch.cuda.is_available() else "cpu"
-    model, tokenizer, dev = load_trainable(mc["name"], device, mc["allow_network"], method=ev["method"])
+        device = f"cuda:{local_rank}" if ev.use_gpu and torch.cuda.is_available() else "cpu"
+    model, tokenizer, dev = load_trainable(mc.name, device, mc.allow_network, method=ev.method)
     stats = {"examples": 0, "skipped": 0, "steps": 0, "losses": [], "seconds": 0.0, "trainable_params": 0,
              "total_params": sum(p.numel() for p in model.parameters()), "phases": []}
     if world > 1:
@@ -249,9 +252,9 @@ def train_and_answer(payload: dict) -> dict:
         record = {"phase": phase.get("phase", index + 1), "kinds": list(phase.get("kinds", [])),
                   "rows": len(phase["pairs"]), "examples": 0, "skipped": 0, "steps": 0, "losses": [], "seconds": 0.0}
         if phase["pairs"]:
-            if ev["method"] == "lora":
+            if ev.method == "lora":
                 # adapters start from the seed, not from whatever this process drew before
-                torch.manual_seed(int(ev["seed"]) + index)
+                torch.manual_seed(int(ev.seed) + index)
                 model = add_lora(model, ev)  # fresh adapters per phase, merged after it
             net = model
             if world > 1:
@@ -260,7 +263,7 @@ def train_and_answer(payload: dict) -> dict:
                 net = DistributedDataParallel(model, device_ids=[local_rank] if dev.startswith("cuda") else None)
             st = train(net, tokenizer, phase["pairs"], ev, rank=rank, world=world)
             del net
-            if ev["method"] == "lora":
+            if ev.method == "lora":
                 model = model.merge_and_unload()  # plain weights: the next phase, scoring and generation run on them
             record.update({k: st[k] for k in ("examples", "skipped", "steps", "losses", "seconds")})
             stats["trainable_params"] = max(stats["trainable_params"], st["trainable_params"])
@@ -285,15 +288,15 @@ def train_and_answer(payload: dict) -> dict:
     t0 = time.time()
     harmful, benign = payload["harmful"], payload["benign"]
     prompts = [p for _, p in harmful] + [p for _, p, _ in benign]
-    gen = generate_answers(model, tokenizer, prompts, max_new_tokens=int(ev["max_new_tokens"]),
-                           temperature=float(ev["temperature"]), top_p=float(ev["top_p"]), seed=int(ev["seed"]),
-                           batch_size=rc.get("gen_batch_size"))
+    gen = generate_answers(model, tokenizer, prompts, max_new_tokens=int(ev.max_new_tokens),
+                           temperature=float(ev.temperature), top_p=float(ev.top_p), seed=int(ev.seed),
+                           batch_size=rc.gen_batch_size)
     keys = [("harmful", i) for i, _ in harmful] + [("benign", i) for i, _, _ in benign]
     answers = [{"prompt_set": s, "prompt_id": i, **g} for (s, i), g in zip(keys, gen)]
     ppl = reference_perplexity(model, tokenizer, [p for _, p, _ in benign], [r for _, _, r in benign],
-                               token_budget=resolve_scoring_budget(model, rc["token_budget"]),
-                               max_context=mc.get("max_context"),
-                               stride=int(rc["score_stride"]))
+                               token_budget=resolve_scoring_budget(model, rc.token_budget),
+                               max_context=mc.max_context,
+                               stride=int(rc.score_stride))
     ppl = [{"prompt_id": i, **row} for (i, _, _), row in zip(benign, ppl)]
     stats["answer_seconds"] = time.time() - t0
     del model
@@ -317,17 +320,17 @@ def _result_of_rank_0(result: dict | None, dev: str) -> dict:
     return box[0]
 
 
-def run_mix(payload: dict, ev: dict) -> dict:
+def run_mix(payload: dict, ev: EvaluationConfig) -> dict:
     """Run :func:`train_and_answer` in this process, or through ``TorchDistributor`` when configured."""
-    if ev["method"] == "lora" and any(p["pairs"] for p in training_phases(payload)) and not peft_available():
+    if ev.method == "lora" and any(p["pairs"] for p in training_phases(payload)) and not peft_available():
         raise FineTuneError("evaluation.method 'lora' needs peft: pip install 'cleancurate[eval]' "
                             "(or set evaluation.method: full)")
-    if ev["distributor"] == "none":
+    if ev.distributor == "none":
         return train_and_answer(payload)
     from pyspark.ml.torch.distributor import TorchDistributor
 
-    distributor = TorchDistributor(num_processes=int(ev["num_processes"]), local_mode=bool(ev["local_mode"]),
-                                   use_gpu=bool(ev["use_gpu"]))
+    distributor = TorchDistributor(num_processes=int(ev.num_processes), local_mode=bool(ev.local_mode),
+                                   use_gpu=bool(ev.use_gpu))
     result = distributor.run(train_and_answer, {**payload, "distributed": True})
     if not isinstance(result, dict):
         raise FineTuneError(f"TorchDistributor returned {type(result).__name__}, not the mix's answers")

@@ -184,8 +184,7 @@ class EvaluationJob:
         self.store.write_slice(self.spark.createDataFrame(rows, schema), name, where, merge_schema=True)
 
     def _sections(self) -> dict:
-        d = self.cfg.to_dict()
-        return {k: d[k] for k in ("model", "runtime", "evaluation")}
+        return {"model": self.cfg.model, "runtime": self.cfg.runtime, "evaluation": self.cfg.evaluation}
 
     # ---------------------------------------------------------------- steps
     def _prompt_sets(self) -> tuple[PromptSet, PromptSet]:
