@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.spark_overhead [--pairs 3]
 
 What a run of the job costs when no model runs: the job with the test suite's fake UDFs
-(``tests/test_curation_fakes.py``: pandas functions with known answers, no weights) on
+(``tests/jobs/test_curation_fakes.py``: pandas functions with known answers, no weights) on
 its 17-row corpus, objective maximize, two rounds, in one local[2] session with the test
 session's settings (``tests/jobdata.py``: ``SMALL_DATA_CONF``, the JVM's default JIT
 compilers). On rows this few the time
@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from bench._common import begin, emit, environment, timed
 
-TESTS = Path(__file__).resolve().parent.parent / "tests"
 INTERPRETED = {"spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN"}
 COMPILED = {"spark.sql.codegen.wholeStage": "true", "spark.sql.codegen.factoryMode": "FALLBACK"}
 
@@ -62,9 +60,8 @@ def main(argv=None) -> None:
     ap.add_argument("--pairs", type=int, default=3, help="timed (compiled, interpreted) pairs (default 3)")
     args = ap.parse_args(argv)
     env_start = begin()
-    sys.path.insert(0, str(TESTS))
-    import jobdata
-    import test_curation_fakes as fakes
+    from tests import jobdata  # tests/ is a package: python -m from the repository root finds it
+    from tests.jobs import test_curation_fakes as fakes
 
     from cleancurate.session import get_spark
 

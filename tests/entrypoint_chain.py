@@ -9,8 +9,8 @@ Two ways users start the job, on one run, each in processes of its own as a user
 
 These processes spend most of their time starting up (a JVM, Python workers, the models),
 so tests/conftest.py starts the chain as soon as the test session's JVM is up and the
-in-process tests run meanwhile; the test in tests/test_job.py waits for it, then checks
-what it left. The chain records what it saw and asserts nothing itself.
+in-process tests run meanwhile; the test in tests/e2e/test_curation_run.py waits for it, then
+checks what it left. The chain records what it saw and asserts nothing itself.
 """
 
 from __future__ import annotations

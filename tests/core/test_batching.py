@@ -1,5 +1,12 @@
-import pytest
+"""Row batching (``cleancurate.batching``): micro-batches under a token budget, OOM backoff, and the
+sizes chosen by the device for generation and scoring."""
 
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from cleancurate import batching
 from cleancurate.batching import error_text, is_oom, plan_microbatches, run_with_backoff
 
 
@@ -59,3 +66,39 @@ def test_backoff_rejects_a_batch_function_that_drops_rows():
     # a function that returns one result per call, whatever it is given, is split until it fits
     out = run_with_backoff([1, 2, 3], lambda part: [sum(part)], lambda item, exc: "err")
     assert out == [1, 2, 3]
+
+
+# --- sizes chosen by the device ---------------------------------------------------------------
+
+
+def _fake_8b():
+    from transformers import LlamaConfig
+
+    cfg = LlamaConfig(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                      intermediate_size=14336, vocab_size=128256)
+    weight = torch.zeros(1, dtype=torch.bfloat16)
+    return SimpleNamespace(config=cfg, parameters=lambda: iter([weight]))
+
+
+def test_generation_and_scoring_sizes_follow_memory_and_kv_size(monkeypatch):
+    model = _fake_8b()
+    assert batching.kv_bytes_per_token(model.config, 2) == 131072  # 2 x 32 layers x 8 heads x 128 x 2 bytes
+    monkeypatch.setattr(batching, "_usable_bytes", lambda m, f, r: (8 * 1024**3, 16 * 10**9))
+    # per row: 364 tokens x 128 KiB of KV + 6 float32 vocabulary rows = 50,788,352 bytes
+    assert batching.generation_sizes(model, 300, 64) == (168, 168 * 364)
+    monkeypatch.setattr(batching, "_usable_bytes", lambda m, f, r: (64 * 1024**3, 16 * 10**9))
+    assert batching.generation_sizes(model, 300, 64) == (512, 512 * 364)  # capped
+    # scoring: 151,568 bytes of activations per token after a fixed 7.35 GB for one chunk of
+    # 4,096 scored positions' logits: (64 GiB - 7.35 GB) / 151,568 = 404,901 -> capped at 131,072
+    assert batching.scoring_token_budget(model) == 131072
+    assert batching.resolve_scoring_budget(model, None) == 131072
+    assert batching.resolve_scoring_budget(model, 2048) == 2048  # a pinned budget wins
+    monkeypatch.setattr(batching, "_usable_bytes", lambda m, f, r: (9 * 1024**3, 16 * 10**9))
+    # (9 GiB - 7.35 GB) / 151,568 = 15,233 -> 8,192 (a power of two)
+    assert batching.scoring_token_budget(model) == 8192
+
+
+def test_sizes_are_none_on_cpu(tiny_llama):
+    assert batching.generation_sizes(tiny_llama, 100, 64) is None
+    assert batching.scoring_token_budget(tiny_llama) is None
+    assert batching.resolve_scoring_budget(tiny_llama, None) == 1024

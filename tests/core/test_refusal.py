@@ -12,7 +12,7 @@ import pytest
 from cleancurate.refusal import is_refusal, refusal_match
 from cleancurate import textrules
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("text", [

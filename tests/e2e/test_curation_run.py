@@ -1,6 +1,6 @@
 """The curation job through a local Spark session with Delta: tables, accounting,
 gate decisions, beam, determinism, and resume after a SIGKILL (a stop with
-``stop_after_round`` and its resume are tested with fake UDFs: tests/test_curation_fakes.py)."""
+``stop_after_round`` and its resume are tested with fake UDFs: tests/jobs/test_curation_fakes.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import jobdata
+from tests import jobdata
 from cleancurate import config as C
 from cleancurate.gate import apply_gate, gate_settings
 from cleancurate.jobs.curation.stages import curate
@@ -164,7 +164,7 @@ def test_minimize_never_makes_perplexity_worse_and_picks_the_best(spark, run):
 
 
 def test_models_load_once_per_python_worker(run):
-    from conftest import LOADS_DURING_SHARED_RUN
+    from tests.conftest import LOADS_DURING_SHARED_RUN
 
     loads = [tuple(line.split("\t")[:2]) for line in LOADS_DURING_SHARED_RUN if line.strip()]
     assert loads, "no model loads were logged during the run: workers did not report them"

@@ -1,4 +1,5 @@
-"""The command line: config show, progress lines, errors (spark-submit and the notebook: tests/test_job.py)."""
+"""The command line: config show, progress lines, errors (spark-submit and the notebook:
+tests/e2e/test_curation_run.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
@@ -36,5 +37,5 @@ def test_cli_errors_name_the_problem(tmp_path):
     assert "curation.rounds must be >= 1" in bad.stderr
 
 
-# spark-submit and the notebook run the real job in tests/test_job.py: a spark-submit run killed after
-# round 1 and resumed by the notebook (one real-model run for both).
+# spark-submit and the notebook run the real job in tests/e2e/test_curation_run.py: a spark-submit run
+# killed after round 1 and resumed by the notebook (one real-model run for both).

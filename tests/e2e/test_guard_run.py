@@ -12,7 +12,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-import jobdata
+from tests import jobdata
 from cleancurate import config as C
 
 ROWS = [r for r in jobdata.GOOD[:4]] + [

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-import jobdata
+from tests import jobdata
 from cleancurate import config as C
 from cleancurate.engine import guard as G
 from cleancurate.engine.guard import GuardFormat, GuardFormatError, guard_batch, render, verdict_tokens

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from cleancurate.engine.judge import judge_batch, score_from_digit_probs
-from fakes import CharTokenizer, DigitJudge
+from tests.fakes import CharTokenizer, DigitJudge
 
 TEMPLATE = "Q: {query}\nA: {response}\nRate {rubric} 0-5."
 RUBRICS = ("relevance", "clarity", "comprehensiveness", "usefulness")

@@ -7,7 +7,7 @@ from types import ModuleType, SimpleNamespace
 import pandas as pd
 import pytest
 
-from fakes import CharTokenizer
+from tests.fakes import CharTokenizer
 
 
 class FakeSamplingParams:

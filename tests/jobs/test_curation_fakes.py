@@ -13,7 +13,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-import jobdata
+from tests import jobdata
 from cleancurate import config as C
 from cleancurate.jobs.curation.objective import NO_REVISION_PASSED, ORIGINAL_RANKED_BEST, Objective, beam_eligible
 

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-import jobdata
+from tests import jobdata
 from cleancurate import config as C
 from cleancurate.safety import HarmHead, fit, precision_recall
 
@@ -18,7 +18,7 @@ def test_held_out_examples_are_not_in_the_training_data():
     import gzip
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent / "data"
+    root = Path(__file__).resolve().parents[2] / "data"
     corpus = "".join(p.read_text(encoding="utf-8") for p in root.rglob("*.jsonl"))
     corpus += "".join(gzip.open(p, "rt", encoding="utf-8").read() for p in (root / "real").rglob("*.jsonl.gz"))
     for _, q, a in HARMFUL + SAFE:

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 UDF_MODULES = sorted(f"cleancurate.udfs.{p.stem}" for p in (ROOT / "udfs").glob("*.py") if p.stem != "__init__")
 ENGINE_MODULES = ["cleancurate.engine"] + sorted(
     f"cleancurate.engine.{p.stem}" for p in (ROOT / "cleancurate" / "engine").glob("*.py") if p.stem != "__init__")
