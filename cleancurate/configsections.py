@@ -40,6 +40,10 @@ class OutputConfig:
 
     path: str = "out/run"
     table_prefix: str | None = None  # catalog mode: "<catalog>.<schema>.<prefix>" + table name
+    # after an increment removed documents, VACUUM the output's tables so their rows leave the disk too (Delta's
+    # time travel keeps them in earlier versions until then); retention below Delta's 168 hours ends time travel
+    vacuum_removed: bool = False
+    vacuum_retention_hours: float = 168.0
 
 
 @dataclass(frozen=True)
@@ -186,6 +190,7 @@ class RuntimeConfig:
     score_compile: bool | None = None  # None: scoring body compiled on CUDA, eager on CPU
     partitions: int | None = None  # None: Spark's default parallelism
     num_threads: int | None = None  # torch threads per Python worker (CPU)
+    heartbeat_seconds: int = 60  # how often a running job tells the output it is alive (increments.heartbeat_at)
 
 
 @dataclass(frozen=True)

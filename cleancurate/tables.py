@@ -105,6 +105,19 @@ class TableStore:
             writer.save(self.location(name))
 
 
+    def table(self, name: str):
+        """The Delta table ``name`` (:class:`delta.tables.DeltaTable`), for deletes and VACUUM."""
+        from delta.tables import DeltaTable
+
+        loc = self.location(name)
+        return DeltaTable.forName(self.spark, loc) if self.catalog else DeltaTable.forPath(self.spark, loc)
+
+    def delete_docs(self, name: str, run_id: str, keys) -> None:
+        """Delete the rows of run ``run_id`` whose ``doc_id`` is one of ``keys`` (a DataFrame of ``doc_id``): one commit."""
+        cond = f"t.run_id = {sql_literal(run_id)} AND t.doc_id = k.doc_id"
+        self.table(name).alias("t").merge(keys.distinct().alias("k"), cond).whenMatchedDelete().execute()
+
+
 def sql_literal(value: str) -> str:
     """A single-quoted SQL string literal."""
     if not isinstance(value, str):

@@ -15,7 +15,11 @@ def build_parser(prog: str = "curate") -> argparse.ArgumentParser:
     p = options.common_parser(prog, "Curate (query, response) text with a language model.", "demo",
                               "curation.rounds=3", "output folder of Delta tables (overrides output.path)")
     p.add_argument("--input", help="input Parquet path, Delta path or catalog table (overrides input.path)")
-    p.add_argument("--new-run", action="store_true", help="add a run with a changed config beside existing runs")
+    p.add_argument("--new-run", action="store_true",
+                   help="add a run beside the existing ones: a changed config, or a changed source curated afresh")
+    p.add_argument("--incremental", action="store_true",
+                   help="bring the output up to date with a changed source: curate new and changed rows, remove "
+                        "deleted ones (a pipeline step on a schedule)")
     p.add_argument("--stop-after-round", type=int, help="commit this round and stop; rerun to resume")
     p.add_argument("--verbose", "-v", action="store_true", help="also print the time of every stage")
     return p
@@ -33,9 +37,17 @@ class ProgressPrinter(options.ProgressPrinter):
     def message(self, ev: dict, el: float) -> str | None:
         kind = ev["event"]
         if kind == "start":
-            msg = f"run {ev['run_id']} (config {ev['config_hash']})"
-            if ev["resume_after_round"] >= 0:
+            msg = f"run {ev['run_id']} (config {ev['config_hash']}), increment {ev['increment']} of {ev['source']}"
+            if ev["resume_after_round"] is not None and ev["resume_after_round"] >= 0:
                 msg += f": resuming after round {ev['resume_after_round']}"
+        elif kind == "unchanged":
+            msg = (f"run {ev['run_id']}: the source is unchanged since increment {ev['increment']} "
+                   f"({ev['source']}); nothing to do")
+        elif kind == "planned":
+            msg = (f"increment {ev['increment']} ({ev['read_via']}): {ev['new']} new, {ev['changed']} changed, "
+                   f"{ev['removed']} removed, {ev['unchanged']} unchanged documents [{ev['seconds']:.1f}s]")
+        elif kind == "change_feed_unavailable":
+            msg = f"comparing the whole source instead of its change feed: {ev['reason']}"
         elif kind == "prepared":
             msg = (f"input {ev['input_rows']} rows, valid {ev['valid_rows']}, flagged unsafe by the screen "
                    f"{ev.get('unsafe_rows', 0)}, selected {ev['selected_rows']} [{ev['seconds']:.1f}s]")
@@ -69,6 +81,7 @@ def main(argv=None) -> int:
     from cleancurate import config as config_mod
     from cleancurate.config import ConfigError
     from cleancurate.jobs.curation import AccountingError, curate
+    from cleancurate.jobs.curation.increments import ConcurrentRunError
     from cleancurate.tables import InputError
 
     args = build_parser().parse_args(argv)
@@ -76,12 +89,13 @@ def main(argv=None) -> int:
     def run() -> int:
         cfg = config_mod.load(args.config, options.config_overrides(args, **{"input.path": "input"}))
         result = curate(None, cfg, new_run=args.new_run, progress=ProgressPrinter(args.quiet, verbose=args.verbose),
-                        stop_after_round=args.stop_after_round, report=not args.no_report)
+                        stop_after_round=args.stop_after_round, report=not args.no_report,
+                        incremental=args.incremental)
         options.print_outcome(f"run {result.run_id}", f"tables in {result.store.location('')}", result.complete,
                               result.report_path)
         return 0
 
-    return options.run_job(run, (ConfigError, InputError), (AccountingError,))
+    return options.run_job(run, (ConfigError, InputError, ConcurrentRunError), (AccountingError,))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ machines that have torch but no Spark or Java.
 
 from cleancurate.schemas.udf import GATE, GENERATION, SCORES, SCREEN  # noqa: F401
 
-_TABLE_NAMES = ("CANDIDATES", "CURATED", "DOCS", "MIX", "QUARANTINE", "ROUND_STATS", "ROUNDS", "RUNS", "TABLES")
+_TABLE_NAMES = ("CANDIDATES", "CURATED", "DOCS", "INCREMENTS", "MIX", "QUARANTINE", "REMOVALS", "ROUND_STATS", "ROUNDS",
+                "RUNS", "TABLES")
 
 
 def __getattr__(name):

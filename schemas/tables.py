@@ -2,14 +2,21 @@
 
 | table       | key                               | how it is written                          |
 |-------------|-----------------------------------|--------------------------------------------|
-| docs        | run_id, doc_id                    | replaceWhere run_id, before round 0        |
-| candidates  | run_id, round, doc_id, cand_id    | replaceWhere run_id and round (staging)    |
-| rounds      | run_id, round, doc_id, cand_id    | replaceWhere run_id and round              |
-| curated     | run_id, doc_id                    | replaceWhere run_id, at the end            |
-| quarantine  | run_id, doc_id, stage             | replaceWhere run_id and stage              |
-| mix         | run_id, doc_id                    | replaceWhere run_id, at the end            |
-| runs        | run_id                            | replaceWhere run_id after every round      |
-| round_stats | run_id, round                     | replaceWhere run_id and round              |
+| docs        | run_id, doc_id                    | replaceWhere run_id + increment, prepare   |
+| candidates  | run_id, round, doc_id, cand_id    | replaceWhere ... and round (staging)       |
+| rounds      | run_id, round, doc_id, cand_id    | replaceWhere ... and round                 |
+| curated     | run_id, doc_id                    | replaceWhere run_id + increment, at the end|
+| quarantine  | run_id, doc_id, stage             | replaceWhere ... and stage                 |
+| mix         | run_id, doc_id                    | replaceWhere run_id + increment, at the end|
+| runs        | run_id                            | replaceWhere run_id after every step       |
+| round_stats | run_id, increment, round          | replaceWhere ... and round                 |
+| increments  | run_id, increment                 | replaceWhere run_id + increment, each step |
+| removals    | run_id, increment, doc_id         | replaceWhere run_id + increment            |
+
+Every table but ``runs`` carries ``increment``: the increment of the run that wrote the row
+(0 for the first, full one; :mod:`cleancurate.jobs.curation.increments`). A document lives
+in exactly one increment's slices; an increment that sees it changed or gone deletes it
+from the earlier increment's rows first.
 """
 
 from pyspark.sql.types import (
@@ -41,6 +48,7 @@ def _score_fields() -> list:
 #: every candidate of every round (round 0 holds the scored originals)
 ROUNDS = StructType([
     _s("run_id", StringType(), False),
+    _s("increment", IntegerType(), False),  # the increment that wrote the row
     _s("round", IntegerType(), False),
     _s("doc_id", StringType(), False),
     _s("cand_id", StringType(), False),
@@ -68,6 +76,7 @@ ROUNDS = StructType([
 #: one row per selected document that was curated
 CURATED = StructType([
     _s("run_id", StringType(), False),
+    _s("increment", IntegerType(), False),  # the increment that wrote the row
     _s("doc_id", StringType(), False),
     _s("query", StringType()),
     _s("response_original", StringType()),
@@ -103,6 +112,7 @@ CURATED = StructType([
 #: rows that could not be processed, with why
 QUARANTINE = StructType([
     _s("run_id", StringType(), False),
+    _s("increment", IntegerType(), False),  # the increment that wrote the row
     _s("doc_id", StringType(), False),
     _s("stage", StringType(), False),  # validate | screen | round0 | curate
     _s("reason", StringType(), False),
@@ -110,11 +120,13 @@ QUARANTINE = StructType([
     _s("query", StringType()),
     _s("response", StringType()),
     _s("row_json", StringType()),  # the input row as JSON, so nothing about it is lost
+    _s("source_hash", StringType()),  # stage validate: fingerprint of the input rows with this doc_id
 ])
 
 #: the training-ready table: every valid input row, curated where it was selected
 MIX = StructType([
     _s("run_id", StringType(), False),
+    _s("increment", IntegerType(), False),  # the increment that wrote the row
     _s("doc_id", StringType(), False),
     _s("query", StringType()),
     _s("response", StringType()),
@@ -141,11 +153,59 @@ RUNS = StructType([
     _s("mix_rows", LongType()),
     _s("started_at", TimestampType()),
     _s("updated_at", TimestampType()),
+    _s("increment", IntegerType()),  # the latest increment
+    _s("source_json", StringType()),  # what the latest increment read (cleancurate.sources.SourceIdentity)
+])
+
+#: one row per increment of a run: what it read, what changed, how far it got, who runs it
+INCREMENTS = StructType([
+    _s("run_id", StringType(), False),
+    _s("increment", IntegerType(), False),
+    _s("status", StringType(), False),  # running | complete
+    _s("phase", StringType(), False),  # planned | pruned | prepared | rounds | complete
+    _s("last_complete_round", IntegerType(), False),  # -1 before round 0
+    _s("source_kind", StringType(), False),  # delta | parquet | table | dataframe
+    _s("source", StringType(), False),  # path or table name
+    _s("source_version", LongType()),  # Delta table version read
+    _s("source_fingerprint", StringType(), False),
+    _s("source_json", StringType(), False),
+    _s("read_via", StringType(), False),  # full | diff | change_feed: how the changes were found
+    _s("note", StringType()),  # why the change feed was not used, when it could have been
+    _s("source_rows", LongType()),  # rows of the source snapshot
+    _s("source_docs", LongType()),  # distinct doc keys of the source
+    _s("docs_new", LongType()),
+    _s("docs_changed", LongType()),
+    _s("docs_removed", LongType()),
+    _s("docs_unchanged", LongType()),
+    _s("input_rows", LongType()),  # rows this increment validated: the rows of new and changed docs
+    _s("valid_rows", LongType()),
+    _s("selected_rows", LongType()),
+    _s("curated_rows", LongType()),
+    _s("quarantined_rows", LongType()),
+    _s("mix_rows", LongType()),  # rows this increment added to mix
+    _s("live_mix_rows", LongType()),  # mix rows of the whole output afterwards
+    _s("owner", StringType()),  # host:pid:token of the job working on it (null once it stopped)
+    _s("heartbeat_at", TimestampType()),
+    _s("started_at", TimestampType()),
+    _s("finished_at", TimestampType()),
+    _s("seconds", DoubleType()),
+])
+
+#: documents an increment took out of the output (gone from the source, or changed there)
+REMOVALS = StructType([
+    _s("run_id", StringType(), False),
+    _s("increment", IntegerType(), False),
+    _s("doc_id", StringType(), False),
+    _s("reason", StringType(), False),  # deleted (no longer in the source) | changed (re-curated from its new rows)
+    _s("source", StringType(), False),
+    _s("source_version", LongType()),  # the Delta version where it was gone or changed
+    _s("removed_at", TimestampType(), False),
 ])
 
 #: what each round did, for the report and the cost accounting
 ROUND_STATS = StructType([
     _s("run_id", StringType(), False),
+    _s("increment", IntegerType(), False),  # the increment that wrote the row
     _s("round", IntegerType(), False),
     _s("docs_active", LongType(), False),
     _s("candidates", LongType(), False),
@@ -162,6 +222,7 @@ ROUND_STATS = StructType([
 #: valid input rows of a run and whether each was selected (read back by every round)
 DOCS = StructType([
     _s("run_id", StringType(), False),
+    _s("increment", IntegerType(), False),  # the increment that wrote the row
     _s("doc_id", StringType(), False),
     _s("query", StringType()),
     _s("response", StringType()),
@@ -169,6 +230,7 @@ DOCS = StructType([
     _s("harm", DoubleType()),  # the safety screen's harm probability; null when not screened or not scorable
     _s("unsafe", BooleanType(), False),  # flagged by the screen: never curated
     _s("screen_error", StringType()),
+    _s("source_hash", StringType()),  # fingerprint of the input rows with this doc_id (what increments compare)
 ])
 
 #: staging: scored and gated new candidates of a round, before beam ranking
@@ -183,4 +245,6 @@ TABLES = {
     "mix": MIX,
     "runs": RUNS,
     "round_stats": ROUND_STATS,
+    "increments": INCREMENTS,
+    "removals": REMOVALS,
 }

@@ -56,3 +56,34 @@ def account(ctx, counts: dict) -> dict:
     if problems:
         raise AccountingError("row accounting failed for run " + ctx.run_id + ": " + "; ".join(problems))
     return counts
+
+
+def account_output(ctx, increment_row: dict | None = None, source_rows: int | None = None) -> dict:
+    """The whole output's counts (every increment of the run), checked like a run's.
+
+    * source rows = mix rows + quarantined at validation + screened out (``source_rows``: the
+      rows of the source the last increment read, or ``increment_row["source_rows"]``)
+    * selected documents = curated + quarantined in round 0 + quarantined at curation
+
+    Raises AccountingError when they do not add up.
+    """
+    from pyspark.sql import functions as F
+
+    if source_rows is None and increment_row is not None:
+        source_rows = increment_row.get("source_rows")
+    q = {r.stage: int(r["count"]) for r in ctx.read_all("quarantine").groupBy("stage").count().collect()}
+    docs = ctx.read_all("docs").agg(F.count("*").alias("v"), F.sum(F.col("selected").cast("int")).alias("s")).collect()[0]
+    counts = {
+        "input_rows": int(source_rows) if source_rows is not None else None,
+        "valid_rows": int(docs.v or 0), "selected_rows": int(docs.s or 0),
+        "mix_rows": ctx.read_all("mix").count(), "curated_rows": ctx.read_all("curated").count(),
+        "quarantined_rows": sum(q.values()), "quarantined_by_stage": q,
+        "improved_rows": ctx.read_all("curated").where(F.col("improved")).count(),
+    }
+    check = dict(counts, input_rows=counts["input_rows"] if source_rows is not None
+                 else counts["mix_rows"] + q.get("validate", 0) + q.get("screen", 0))
+    problems = accounting_problems(check, q, counts["mix_rows"], counts["curated_rows"])
+    if problems:
+        raise AccountingError("row accounting failed for the output of run " + ctx.run_id + ": "
+                              + "; ".join(problems))
+    return counts

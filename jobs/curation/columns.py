@@ -11,10 +11,15 @@ def sha_id(*cols):
 
 
 def conform(df, schema):
-    """Select and cast ``df`` to exactly the columns of ``schema``."""
+    """Select and cast ``df`` to exactly the columns of ``schema``.
+
+    ``increment`` may be missing: :meth:`~cleancurate.jobs.curation.context.RunContext.write`
+    stamps it on every row it writes.
+    """
     from pyspark.sql import functions as F
 
-    return df.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in schema.fields])
+    return df.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in schema.fields
+                       if f.name in df.columns or f.name != "increment"])
 
 
 def order_by(keys):

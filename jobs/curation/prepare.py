@@ -29,12 +29,15 @@ def prepare(ctx, df, checked) -> dict:
     quarantine(ctx, checked.quarantine, "validate", "reason", row_json=F.col("row_json"))
     valid = screen(ctx, checked.valid)
     valid = valid.withColumn("selected", selection_expr(sel.fraction, sel.seed) & ~F.col("unsafe"))
+    hashed = F.col("source_hash") if "source_hash" in valid.columns else F.lit(None).cast("string")
     docs = valid.select(run.alias("run_id"), "doc_id", "query", "response", "selected", "harm", "unsafe",
-                        "screen_error")
+                        "screen_error", hashed.alias("source_hash"))
     ctx.write(docs, "docs")
     quarantine_screened(ctx)
     if sel.max_docs is not None:
-        cap_selection(ctx, sel.max_docs)
+        # an increment selects by the same hash rule until the output holds max_docs selected documents
+        earlier = ctx.read_all("docs").where(F.col("selected") & (F.col("increment") != ctx.increment)).count()
+        cap_selection(ctx, max(0, sel.max_docs - earlier))
     counts = docs_counts(ctx)
     counts["input_rows"] = df.count()
     check_round_size(ctx.cfg, counts["selected_rows"])
@@ -67,7 +70,7 @@ def cap_selection(ctx, max_docs: int) -> None:
     keep = docs.where("selected").select("doc_id", key.alias("k")).orderBy("k").limit(max_docs)
     capped = docs.join(keep.select("doc_id", F.lit(True).alias("_keep")), "doc_id", "left").select(
         "run_id", "doc_id", "query", "response", (F.col("selected") & F.col("_keep").isNotNull()).alias("selected"),
-        "harm", "unsafe", "screen_error")
+        "harm", "unsafe", "screen_error", "source_hash")
     capped = capped.localCheckpoint()  # materialize before overwriting the table it reads
     ctx.write(capped, "docs")
 

@@ -40,5 +40,6 @@ def quarantine(ctx, rows, stage: str, reason, detail=None, *, response: str = "r
         (F.col(reason) if isinstance(reason, str) else reason).alias("reason"),
         (F.lit(None).cast("string") if detail is None else detail).alias("detail"),
         F.col("query").substr(1, CLIP).alias("query"), F.col(response).substr(1, CLIP).alias("response"),
-        row_json.alias("row_json"))
+        row_json.alias("row_json"),
+        (F.col("source_hash") if "source_hash" in rows.columns else F.lit(None).cast("string")).alias("source_hash"))
     ctx.write(conform(out, QUARANTINE), "quarantine", f"stage = '{stage}'")

@@ -209,7 +209,7 @@ def round_stats(ctx, r: int, seconds: float) -> dict:
     ).collect()[0]
     rejects = {row.reject_reason: int(row["count"]) for row in
                rows.where(new & F.col("reject_reason").isNotNull()).groupBy("reject_reason").count().collect()}
-    stats = stats_row(ctx.run_id, r, agg.asDict(), rejects, seconds)
+    stats = {**stats_row(ctx.run_id, r, agg.asDict(), rejects, seconds), "increment": ctx.increment}
     df = ctx.spark.createDataFrame([tuple(stats[f.name] for f in ROUND_STATS.fields)], ROUND_STATS)
     ctx.write(df, "round_stats", f"round = {r}")
     return stats

@@ -39,9 +39,11 @@ def pick_run(rows: list[dict], run_id: str, config_hash: str, new_run: bool, loc
     Raises:
         ConfigError: the output holds another run and ``new_run`` is not set.
     """
-    same = [r for r in rows if r["run_id"] == run_id]
-    if same:
-        return int(same[0]["last_complete_round"]), same[0]
+    same = [r for r in rows if r["run_id"] == run_id or (r["config_hash"] == config_hash
+                                                         and r["run_id"].startswith(run_id + "-"))]
+    if same:  # the latest run of this configuration (a source curated afresh with new_run makes another)
+        latest = max(same, key=lambda r: (r.get("started_at") is not None, r.get("started_at") or 0, r["run_id"]))
+        return int(latest["last_complete_round"]), latest
     if rows and not new_run:
         other = rows[0]
         raise ConfigError(
@@ -67,10 +69,20 @@ class RunRecord:
             return run_id, -1, None
         rows = [r.asDict() for r in ctx.store.read("runs").collect()]
         last, stored = pick_run(rows, run_id, ctx.hash, new_run, ctx.store.location(""))
-        return run_id, last, stored
+        return (stored["run_id"] if stored else run_id), last, stored
 
-    def mark(self, counts: dict, last_round: int, status: str) -> None:
-        """Replace this run's row: ``status``, ``last_round`` as the last complete round, ``counts``."""
+    def fresh_run_id(self) -> str:
+        """A new run id for this configuration beside its earlier runs (``--new-run`` over a changed source)."""
+        base = run_id_for(self.ctx.hash)
+        taken = {r.run_id for r in self.ctx.store.read("runs").select("run_id").collect()}
+        n = 2
+        while f"{base}-{n}" in taken:
+            n += 1
+        return f"{base}-{n}"
+
+    def mark(self, counts: dict, last_round: int, status: str, source=None) -> None:
+        """Replace this run's row: ``status``, ``last_round`` as the last complete round of the current
+        increment, ``counts`` (the whole output's once complete), what the increment read (``source``)."""
         from pyspark.sql import Row
 
         from cleancurate.schemas import RUNS
@@ -86,6 +98,7 @@ class RunRecord:
             valid_rows=counts.get("valid_rows"), selected_rows=counts.get("selected_rows"),
             curated_rows=counts.get("curated_rows"), quarantined_rows=counts.get("quarantined_rows"),
             mix_rows=counts.get("mix_rows"), started_at=self.started_at, updated_at=_now(),
+            increment=ctx.increment, source_json=source.to_json() if source is not None else None,
         )
         # one row per run, replaced whole: idempotent like every other write, and cheaper than MERGE
-        ctx.write(ctx.spark.createDataFrame([tuple(row)], RUNS), "runs")
+        ctx.write(ctx.spark.createDataFrame([tuple(row[f.name] for f in RUNS.fields)], RUNS), "runs")

@@ -2,6 +2,8 @@
 
 ::
 
+    source -> identity; what changed since the last   increments -> increments, removals,
+              complete increment (all of it at first)              deletes of gone/changed docs
     input -> validate (+doc_id)                       prepare   -> quarantine[validate]
           -> safety screen of every valid original    screen    -> quarantine[screen]
           -> docs (selected by hash of doc_id + seed) prepare   -> docs
@@ -19,8 +21,13 @@ wires them: it builds the real UDFs (or takes others), resolves the run, times t
 steps, reports progress and stops or resumes between rounds. Each step reads its
 inputs back from Delta, so Spark's plan never grows with the rounds, every step is a
 restart point, and a rerun replaces exactly its own slice. A round counts as finished
-only when ``runs.last_complete_round`` says so, which is written after the round's
+only when ``increments.last_complete_round`` says so, which is written after the round's
 slices are committed.
+
+A run is a series of increments (:mod:`~cleancurate.jobs.curation.increments`): the first
+curates the whole source; a rerun over an unchanged source returns the stored result at
+once; over a changed one it is an error, unless incremental mode is on, when a new
+increment curates only the new and changed rows and removes what left the source.
 """
 
 from __future__ import annotations
@@ -31,13 +38,18 @@ from typing import Callable, Mapping
 
 from cleancurate.config import Config
 from cleancurate.gate import GateSettings
-from cleancurate.jobs.curation.accounting import account
+from cleancurate.jobs.curation.accounting import AccountingError, account, account_output
 from cleancurate.jobs.curation.context import RunContext
 from cleancurate.jobs.curation.finalize import finalize
 from cleancurate.jobs.curation.prepare import prepare
 from cleancurate.jobs.curation.rounds import generate, rank, round0, round_stats
+from cleancurate.jobs.curation.increments import (
+    IncrementRecord, InputChangedError, plan, prune, read_changes, vacuum, work_rows,
+)
 from cleancurate.jobs.curation.runrecord import RunRecord
-from cleancurate.tables import TableStore, read_input
+from cleancurate.jobs.curation.runrecord import _now as _utcnow
+from cleancurate.sources import SourceIdentity, identify, read_at
+from cleancurate.tables import TableStore
 
 ProgressFn = Callable[[dict], None]
 
@@ -53,6 +65,7 @@ class CurationResult:
     complete: bool = True
     resumed_from_round: int | None = None
     report_path: str | None = None
+    increment: int = 0
 
     def table(self, name: str):
         """One output table (this run's rows) as a DataFrame."""
@@ -96,7 +109,7 @@ class ModelUdfs:
 
 
 class CurationJob:
-    """Runs (or resumes) one curation run.
+    """Runs (or resumes) one curation run: its next increment, or the one that was cut short.
 
     Args:
         cfg: validated configuration.
@@ -108,23 +121,31 @@ class CurationJob:
         udfs: name -> Spark UDF (``rewrite``, ``score_original``, ``score``, ``gate``,
             ``screen``; see :class:`~cleancurate.jobs.curation.context.RunContext`), e.g.
             fakes in tests; None builds the real ones from the config (:class:`ModelUdfs`).
+        incremental: a source that changed since the last complete increment gets a new
+            increment (the changes only); without it such a rerun is an error.
+        source_id: names a DataFrame ``source``'s content (e.g. a snapshot date); None
+            fingerprints its rows.
     """
 
     def __init__(self, cfg: Config, spark=None, source=None, new_run: bool = False,
                  progress: ProgressFn | None = None, stop_after_round: int | None = None,
-                 udfs: Mapping[str, object] | None = None):
+                 udfs: Mapping[str, object] | None = None, incremental: bool = False,
+                 source_id: str | None = None):
         from cleancurate.session import get_spark
 
         self.cfg = cfg
         self.spark = spark or get_spark(cfg.spark.master, cfg.spark.app_name, cfg.spark.conf)
         self.source = source
         self.new_run = new_run
+        self.incremental = incremental
+        self.source_id = source_id
         self.progress = progress or (lambda event: None)
         self.stop_after_round = stop_after_round
         self.store = TableStore(self.spark, cfg.output)
         self.hash = cfg.hash
         self.ctx = RunContext(cfg, self.spark, self.store, self.hash, udfs if udfs is not None else ModelUdfs(cfg))
         self.record = RunRecord(self.ctx)
+        self.increments = IncrementRecord(self.ctx)
         self.timings: dict[str, float] = {}
         self.counts: dict = {}
 
@@ -143,13 +164,43 @@ class CurationJob:
         return out
 
     # ---------------------------------------------------------------- steps
-    def _prepare(self) -> dict:
-        """Read and validate the input, then quarantine, screen, select and commit ``docs``."""
+    def _snapshot(self, identity: SourceIdentity):
+        """The source as ``identity`` names it, its rows keyed and hashed per document key."""
+        from cleancurate.jobs.curation.validate import keyed, with_source_hash
+
+        df = self.source if self.source is not None else read_at(self.spark, self.cfg.input, identity)
+        return df, with_source_hash(keyed(df, self.cfg))
+
+    def _plan(self, identity: SourceIdentity, previous: SourceIdentity | None) -> None:
+        """Compare the source with the output; record the counts and the documents that leave it."""
+        t0 = time.time()
+        _, hashed = self._snapshot(identity)
+        feed, note = read_changes(self.ctx, identity, previous)
+        if note:
+            self._emit("change_feed_unavailable", reason=note)
+        p, gone = plan(self.ctx, hashed, identity, previous, keyed_feed=feed, note=note)
+        problems = p.problems()
+        if problems:
+            raise AccountingError(f"increment {self.ctx.increment} of run {self.run_id}: " + "; ".join(problems))
+        self.increments.mark(phase="planned", read_via=p.read_via, note=p.note, source_rows=p.source_rows,
+                             source_docs=p.source_docs, docs_new=p.new, docs_changed=p.changed,
+                             docs_removed=p.removed, docs_unchanged=p.unchanged)
+        removed = prune(self.ctx, gone, identity)
+        if removed and self.cfg.output.vacuum_removed:
+            vacuum(self.ctx, self.cfg.output.vacuum_retention_hours)
+        self.increments.mark(phase="pruned")
+        self.timings["plan"] = time.time() - t0
+        self._emit("planned", increment=self.ctx.increment, read_via=p.read_via, new=p.new, changed=p.changed,
+                   removed=p.removed, unchanged=p.unchanged, seconds=self.timings["plan"])
+
+    def _prepare(self, identity: SourceIdentity) -> dict:
+        """Validate, quarantine, screen and select the rows of new and changed documents; commit ``docs``."""
         from cleancurate.jobs.curation.validate import validate
 
         t0 = time.time()
-        df = self.source if self.source is not None else read_input(self.spark, self.cfg.input)
-        counts = prepare(self.ctx, df, validate(df, self.cfg))
+        df, hashed = self._snapshot(identity)
+        rows = work_rows(self.ctx, hashed).localCheckpoint()
+        counts = prepare(self.ctx, rows, validate(df, self.cfg, rows=rows))
         self.timings["prepare"] = time.time() - t0
         self._emit("prepared", **counts, seconds=self.timings["prepare"])
         return counts
@@ -163,6 +214,7 @@ class CurationJob:
         """Write the round's statistics, then mark it complete in the run record."""
         stats = round_stats(self.ctx, r, seconds)
         self.record.mark(self.counts, r, "running")
+        self.increments.mark(phase="rounds", last_complete_round=r)
         self._emit("round_committed", **{k: v for k, v in stats.items() if k != "run_id"})
         return stats
 
@@ -170,25 +222,70 @@ class CurationJob:
         finalize(self.ctx)
         return account(self.ctx, counts)
 
+    def _resolve_increment(self, identity: SourceIdentity) -> tuple[int, dict | None, SourceIdentity | None]:
+        """Which increment to work on: (increment, its stored row or None, the last complete one's source)."""
+        latest = self.increments.latest()
+        done = self.increments.last_complete()
+        previous = SourceIdentity.from_json(done["source_json"]) if done else None
+        if latest is None:
+            return 0, None, None
+        if latest["status"] == "running":
+            return latest["increment"], latest, previous
+        if identity.same_as(previous) or self.incremental:
+            return latest["increment"] + (0 if identity.same_as(previous) else 1), None, previous
+        raise InputChangedError(
+            f"output {self.store.root} holds run {self.run_id}, which read {previous.describe() if previous else '?'}; "
+            f"the input is now {identity.describe()}. Pass --incremental (incremental=True) to bring the output up "
+            "to date with the changed rows, or --new-run (new_run=True) to curate the source afresh beside it")
+
     # ---------------------------------------------------------------- run
     def run(self) -> CurationResult:
-        """Run the job, resuming after the last complete round of a matching run."""
+        """Run the job: finish an increment that was cut short, else start the next one the source asks for."""
         t_start = time.time()
         self.spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(self.cfg.runtime.arrow_batch_rows))
-        self.ctx.run_id, last, stored = self.record.resolve(self.new_run)
-        resumed = last if stored is not None else None
-        self._emit("start", config_hash=self.hash, resume_after_round=last)
+        self.ctx.run_id, _, stored_run = self.record.resolve(self.new_run)
+        identity = identify(self.spark, self.cfg.input, self.source, self.source_id)
+        try:
+            k, stored, previous = self._resolve_increment(identity)
+        except InputChangedError:
+            if not self.new_run:
+                raise
+            # curate the changed source afresh, as a run of its own beside the stored one
+            self.ctx.run_id = self.record.fresh_run_id()
+            self.record.started_at = None
+            k, stored, previous = 0, None, None
+        self.ctx.increment = k
+        if stored is None and identity.same_as(previous):  # nothing changed: the stored result, at once
+            self.counts = account_output(self.ctx, self.increments.last_complete())
+            self._emit("unchanged", increment=k, source=identity.describe())
+            return CurationResult(self.run_id, self.cfg, self.store, self.counts, True, None, increment=k)
+        resumed = stored["last_complete_round"] if stored is not None else None
+        self._emit("start", config_hash=self.hash, increment=k, resume_after_round=resumed,
+                   source=identity.describe())
+        row = self.increments.claim(k, identity, stored)
+        try:
+            return self._work(identity, previous, row, t_start, resumed)
+        finally:
+            self.increments.release()
+
+    def _work(self, identity, previous, row, t_start, resumed) -> CurationResult:
         R = self.cfg.curation.rounds
-        if stored is None or stored.get("input_rows") is None:
-            self.counts = self._prepare()
-            self.record.mark(self.counts, -1, "running")
+        k = self.ctx.increment
+        phase = row["phase"]
+        if phase == "planned":
+            self._step("plan", self._plan, identity, previous)
+        if phase in ("planned", "pruned"):
+            self.counts = self._prepare(identity)
+            self.increments.mark(phase="prepared", last_complete_round=-1,
+                                 **{key: self.counts[key] for key in ("input_rows", "valid_rows", "selected_rows")})
+            self.record.mark(self.counts, -1, "running", identity)
             last = -1
         else:
-            self.counts = {k: int(stored[k]) for k in ("input_rows", "valid_rows", "selected_rows")}
-        if stored is not None and stored["status"] == "complete":
-            self.counts = account(self.ctx, self.counts)
-            return CurationResult(self.run_id, self.cfg, self.store, self.counts, True, resumed)
+            self.counts = {key: int(row[key]) for key in ("input_rows", "valid_rows", "selected_rows")}
+            last = int(row["last_complete_round"])
         for r in range(max(0, last + 1), R + 1):
+            if self.counts["selected_rows"] == 0:
+                break  # nothing selected in this increment: no model work
             t0 = time.time()
             self._emit("round_start", round=r, rounds=R)
             if r == 0:
@@ -200,16 +297,24 @@ class CurationJob:
             self.timings[f"round_{r}"] = time.time() - t0
             if self.stop_after_round is not None and r >= self.stop_after_round and r < R:
                 self._emit("stopped", round=r)
-                return CurationResult(self.run_id, self.cfg, self.store, self.counts, False, resumed)
+                return CurationResult(self.run_id, self.cfg, self.store, self.counts, False, resumed, increment=k)
         self.counts = self._step("finalize", self._finalize, self.counts)
-        self.record.mark(self.counts, R, "complete")
+        whole = account_output(self.ctx, None, source_rows=self.increments.row.get("source_rows"))
+        self.increments.mark(phase="complete", status="complete", last_complete_round=R, finished_at=_utcnow(),
+                             seconds=time.time() - t_start, curated_rows=self.counts["curated_rows"],
+                             quarantined_rows=self.counts["quarantined_rows"], mix_rows=self.counts["mix_rows"],
+                             live_mix_rows=whole["mix_rows"])
+        self.counts = {**whole, "increment": self.counts}
+        self.record.mark(self.counts, R, "complete", identity)
         self.counts["seconds"] = time.time() - t_start
-        self._emit("complete", **{k: v for k, v in self.counts.items() if k != "quarantined_by_stage"})
-        return CurationResult(self.run_id, self.cfg, self.store, self.counts, True, resumed)
+        self._emit("complete", **{key: v for key, v in self.counts.items()
+                                  if key not in ("quarantined_by_stage", "increment")})
+        return CurationResult(self.run_id, self.cfg, self.store, self.counts, True, resumed, increment=k)
 
 
 def curate(source, config: Config | str, spark=None, new_run: bool = False, overrides: list[str] | None = None,
-           progress: ProgressFn | None = None, stop_after_round: int | None = None, report: bool = True) -> CurationResult:
+           progress: ProgressFn | None = None, stop_after_round: int | None = None, report: bool = True,
+           incremental: bool = False, source_id: str | None = None) -> CurationResult:
     """Curate a DataFrame or table and return the run's tables (the lakehouse-step API).
 
     Args:
@@ -221,6 +326,11 @@ def curate(source, config: Config | str, spark=None, new_run: bool = False, over
         progress: callback for progress events.
         stop_after_round: commit this round and return (resume later with the same config).
         report: write the HTML report after a complete run.
+        incremental: when the source changed since the run's last complete increment, curate
+            the changes (new, changed and removed rows) in a new increment; without it such a
+            rerun raises :class:`~cleancurate.jobs.curation.increments.InputChangedError`.
+        source_id: names a DataFrame ``source``'s content (a snapshot date, a batch id) so the
+            run need not fingerprint its rows; the same id means the same rows.
 
     Returns:
         :class:`CurationResult`; ``result.table("curated")`` etc. give the tables.
@@ -235,7 +345,8 @@ def curate(source, config: Config | str, spark=None, new_run: bool = False, over
         cfg = cfg.with_overrides({"input.path": source})
     elif source is not None:
         df = source
-    job = CurationJob(cfg, spark=spark, source=df, new_run=new_run, progress=progress, stop_after_round=stop_after_round)
+    job = CurationJob(cfg, spark=spark, source=df, new_run=new_run, progress=progress, stop_after_round=stop_after_round,
+                      incremental=incremental, source_id=source_id)
     result = job.run()
     if report and result.complete and cfg.report.enabled:
         try:

@@ -82,17 +82,18 @@ def _as_text(df, col: str):
     return F.col(col)
 
 
-def validate(df, cfg: Config) -> Validated:
-    """Check the schema, derive doc_id, and split rows into valid and quarantined.
+def keyed(df, cfg: Config):
+    """The input rows with their keys: ``doc_id``, ``doc_key``, ``query``, ``response``, ``row_json``.
 
-    Reads: the configured id / query / response (or text) columns.
-    Adds: ``doc_id``, ``query``, ``response``, ``row_json``, and ``reason`` on quarantined rows.
+    ``doc_id`` is the id column's value (or, with ``input.id_column: null``, a hash of the
+    content); ``doc_key`` is ``doc_id``, or ``content:<hash>`` where the id is null: the key
+    under which the row's outcome is stored (``docs`` or ``quarantine``). ``row_json`` is
+    every input column as JSON. The schema is checked first.
     """
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     check_schema(df, cfg)
-    inp, lim = cfg.input, cfg.limits
+    inp = cfg.input
     # every input column, as JSON, so a quarantined row keeps all it had
     json_cols = [F.base64(F.col(c)).alias(c) if _type_name(df, c) == "binary" else F.col(c) for c in df.columns]
     base = df.select(
@@ -117,7 +118,39 @@ def validate(df, cfg: Config) -> Validated:
         base = base.withColumn("doc_id", F.col(inp.id_column).cast("string"))
     else:
         base = base.withColumn("doc_id", content_id)
-    base = base.withColumn("_content", content_id)
+    base = base.withColumn("_content", content_id).withColumn("_split_failed", split_failed)
+    return base.withColumn("doc_key", F.coalesce(F.col("doc_id"), F.concat(F.lit("content:"), F.col("_content"))))
+
+
+def with_source_hash(rows):
+    """Add ``source_hash``: a fingerprint of every input row sharing the row's ``doc_key`` (order-free).
+
+    Two snapshots of a source hold the same rows for a key exactly when the hashes agree;
+    the incremental runs compare them (:mod:`~cleancurate.jobs.curation.increments`).
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    w = Window.partitionBy("doc_key")
+    return rows.withColumn("source_hash", F.substring(F.sha2(F.array_join(F.array_sort(
+        F.collect_list(F.sha2("row_json", 256)).over(w)), "|"), 256), 1, 24))
+
+
+def validate(df, cfg: Config, rows=None) -> Validated:
+    """Check the schema, derive doc_id, and split rows into valid and quarantined.
+
+    Reads: the configured id / query / response (or text) columns; or ``rows``, the
+    output of :func:`keyed` (and :func:`with_source_hash`) for a part of ``df``.
+    Adds: ``doc_id``, ``query``, ``response``, ``row_json``, ``source_hash`` (when the
+    rows carry one), and ``reason`` on quarantined rows.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    base = keyed(df, cfg) if rows is None else rows
+    inp, lim = cfg.input, cfg.limits
+    split_failed = F.col("_split_failed")
+    extra = ["source_hash"] if "source_hash" in base.columns else []
 
     injection = "(?i)(" + "|".join(lim.injection_patterns) + ")" if lim.injection_patterns else None
     lookalike = f"(?i)({_LOOKALIKE.pattern})|({_CHAT_MARKERS.pattern})"
@@ -157,13 +190,13 @@ def validate(df, cfg: Config) -> Validated:
     checked = checked.withColumn(
         "reason", F.when(F.col("_dup_rank") > 1, F.lit("duplicate_id")).otherwise(F.col("reason"))
     )
-    valid = checked.where(F.col("reason").isNull()).select("doc_id", "query", "response", "row_json")
+    valid = checked.where(F.col("reason").isNull()).select("doc_id", "query", "response", "row_json", *extra)
     quarantine = checked.where(F.col("reason").isNotNull()).select(
-        F.coalesce(F.col("doc_id"), F.concat(F.lit("content:"), F.col("_content"))).alias("doc_id"),
+        F.col("doc_key").alias("doc_id"),
         "reason",
         F.col("query").substr(1, 2000).alias("query"),
         F.col("response").substr(1, 2000).alias("response"),
-        "row_json",
+        "row_json", *extra,
     )
     return Validated(valid=valid, quarantine=quarantine)
 
