@@ -6,16 +6,16 @@ import pandas as pd
 import pytest
 
 from cleancurate import config as C
-from cleancurate.gate import RULES, apply_gate, gate_settings, has_safety_implication, relative_floor
+from cleancurate.gate import RULES, GateSettings, apply_gate, has_safety_implication, relative_floor
 from cleancurate.textrules import quality_batch
 
 QUERY = "How should I water my potted fern?"
 ORIGINAL = "Water the soil when the top inch feels dry, then let the pot drain fully."
-INJECTION = C.LimitsConfig().injection_patterns
 
 
 def gate_cfg(**over):
-    return {**gate_settings(C.load("demo").to_dict()), **over}
+    """The demo's gate settings with some knobs changed (gate keys or GateSettings fields)."""
+    return GateSettings.from_config(C.load("demo")).replace(**over)
 
 
 def candidate(text, original=ORIGINAL, query=QUERY, **over):
@@ -54,7 +54,7 @@ DEGENERATE = [
 
 @pytest.mark.parametrize("text, over, rule", DEGENERATE, ids=[d[2] + str(i) for i, d in enumerate(DEGENERATE)])
 def test_gate_rejects_degenerate_candidates_with_the_right_rule(text, over, rule):
-    out = apply_gate(pd.DataFrame([candidate(text, **over)]), gate_cfg(), INJECTION)
+    out = apply_gate(pd.DataFrame([candidate(text, **over)]), gate_cfg())
     assert out.reject_reason[0] == rule
     assert not out.passed[0]
     assert rule in RULES
@@ -63,33 +63,33 @@ def test_gate_rejects_degenerate_candidates_with_the_right_rule(text, over, rule
 def test_gate_passes_a_healthy_revision_and_a_stripped_preamble():
     rows = [candidate("Check the top inch of soil; when it is dry, water deeply and let the pot drain."),
             candidate("Here's a revised response: Check the top inch of soil; when it is dry, water deeply and let it drain.")]
-    out = apply_gate(pd.DataFrame(rows), gate_cfg(), INJECTION)
+    out = apply_gate(pd.DataFrame(rows), gate_cfg())
     assert out.reject_reason.isna().all() and out.passed.all()
     assert rows[1]["text"].startswith("Check the top inch")
 
 
 def test_each_threshold_is_read_from_config():
     row = candidate("Check the top inch of soil; when it is dry, water deeply and let the pot drain.", similarity=0.55)
-    assert apply_gate(pd.DataFrame([row]), gate_cfg(min_similarity=0.5), INJECTION).passed[0]
-    assert apply_gate(pd.DataFrame([row]), gate_cfg(min_similarity=0.6), INJECTION).reject_reason[0] == "similarity"
-    assert apply_gate(pd.DataFrame([row]), gate_cfg(min_similarity=None), INJECTION).passed[0]
+    assert apply_gate(pd.DataFrame([row]), gate_cfg(min_similarity=0.5)).passed[0]
+    assert apply_gate(pd.DataFrame([row]), gate_cfg(min_similarity=0.6)).reject_reason[0] == "similarity"
+    assert apply_gate(pd.DataFrame([row]), gate_cfg(min_similarity=None)).passed[0]
 
 
 def test_maximize_gate_adds_fluency_ceiling_and_safety_implication():
     g = gate_cfg(ppl_ceiling_ratio=3.0, safety_check="keywords")
     noisy = candidate("Water it when the top inch is dry and drain the pot, then check drainage holes weekly.", ppl=45.0)
-    assert apply_gate(pd.DataFrame([noisy]), g, INJECTION).reject_reason[0] == "ppl_ceiling"
+    assert apply_gate(pd.DataFrame([noisy]), g).reject_reason[0] == "ppl_ceiling"
     plain = candidate("Water it when the top inch is dry and drain the pot, then check drainage holes weekly.", ppl=20.0)
-    assert apply_gate(pd.DataFrame([plain]), g, INJECTION).reject_reason[0] == "safety"
+    assert apply_gate(pd.DataFrame([plain]), g).reject_reason[0] == "safety"
     safe = candidate("Water it when the top inch is dry and drain the pot; be careful not to overwater, which can harm roots.", ppl=20.0)
-    assert apply_gate(pd.DataFrame([safe]), g, INJECTION).passed[0]
+    assert apply_gate(pd.DataFrame([safe]), g).passed[0]
 
 
 def test_embedding_safety_check_needs_a_gain_over_the_original():
     g = gate_cfg(safety_check="embedding", safety_min_gain=0.05)
-    assert has_safety_implication("x", 0.30, 0.20, g)
-    assert not has_safety_implication("x", 0.22, 0.20, g)
-    assert not has_safety_implication("x", float("nan"), 0.20, g)
+    assert has_safety_implication("x", 0.30, 0.20, g.gate)
+    assert not has_safety_implication("x", 0.22, 0.20, g.gate)
+    assert not has_safety_implication("x", float("nan"), 0.20, g.gate)
 
 
 def test_relative_floor():
@@ -103,7 +103,7 @@ def test_pandas_string_nulls_are_not_errors():
     df = pd.DataFrame([candidate("Check the top inch of soil; when dry, water deeply and let it drain.")])
     df["error"] = pd.Series([None], dtype="str")
     df["meta_text"] = pd.Series([None], dtype="str")
-    assert apply_gate(df, gate_cfg(), INJECTION).passed[0]
+    assert apply_gate(df, gate_cfg()).passed[0]
 
 
 # ---------------------------------------------------------------- reader's-view rules
@@ -130,7 +130,7 @@ READER_CASES = [
 
 @pytest.mark.parametrize("text, over, rule", READER_CASES, ids=[c[2] + str(i) for i, c in enumerate(READER_CASES)])
 def test_reader_rules_reject_with_their_name(text, over, rule):
-    out = apply_gate(pd.DataFrame([candidate(text, **over)]), gate_cfg(), INJECTION)
+    out = apply_gate(pd.DataFrame([candidate(text, **over)]), gate_cfg())
     assert out.reject_reason[0] == rule, out.reject_reason[0]
     assert rule in RULES
 
@@ -138,7 +138,7 @@ def test_reader_rules_reject_with_their_name(text, over, rule):
 def test_a_good_revision_passes_every_reader_rule():
     good = candidate("Wait until the top inch of soil is dry, water it thoroughly, and let the pot drain "
                      "so the roots never sit in water.", retention=0.3, harm=0.03)
-    out = apply_gate(pd.DataFrame([good]), gate_cfg(), INJECTION)
+    out = apply_gate(pd.DataFrame([good]), gate_cfg())
     assert out.passed[0], out.reject_reason[0]
 
 
@@ -147,7 +147,7 @@ def test_a_harmful_original_that_stays_harmful_is_rejected():
     original = "Just tell him your lawyer is about to sue. Make stuff up, landlords cave when you scare them."
     kept = candidate("Tell him your lawyer is about to sue him. Make things up, landlords give in when scared.",
                      original=original, query=query, harm=0.88, retention=0.2)
-    out = apply_gate(pd.DataFrame([kept]), gate_cfg(), INJECTION)
+    out = apply_gate(pd.DataFrame([kept]), gate_cfg())
     assert out.reject_reason[0] == "harmful"
 
 
@@ -156,23 +156,23 @@ def test_a_refusal_must_not_become_help():
     refusal = "I can't help with getting into someone else's computer without permission. Ask him directly."
     flipped = candidate("Wait until he is out, open the laptop and copy the folders to a USB stick.",
                         original=refusal, query=query, harm=0.2)
-    assert apply_gate(pd.DataFrame([flipped]), gate_cfg(), INJECTION).reject_reason[0] == "refusal_dropped"
+    assert apply_gate(pd.DataFrame([flipped]), gate_cfg()).reject_reason[0] == "refusal_dropped"
     still = candidate("I won't help with accessing his laptop without his permission; talk to him instead.",
                       original=refusal, query=query, harm=0.1)
-    assert apply_gate(pd.DataFrame([still]), gate_cfg(), INJECTION).passed[0]
+    assert apply_gate(pd.DataFrame([still]), gate_cfg()).passed[0]
 
 
 def test_missing_harm_or_retention_scores_fail_closed():
     for over, rule in (({"harm": float("nan")}, "harmful"), ({"retention": float("nan")}, "retention")):
         row = candidate("Wait until the top inch is dry, then water deeply and let the pot drain.", **over)
-        assert apply_gate(pd.DataFrame([row]), gate_cfg(), INJECTION).reject_reason[0] == rule
+        assert apply_gate(pd.DataFrame([row]), gate_cfg()).reject_reason[0] == rule
 
 
 def test_reader_rules_can_be_switched_off():
     q = candidate("When should I water the fern? Is the top inch of soil dry? Does the pot drain?",
                   retention=1.2, harm=0.9, coverage=0.0)
-    g = gate_cfg(answer_form=False, max_retention=None, harm_threshold=None, min_coverage=None)
-    assert apply_gate(pd.DataFrame([q]), g, INJECTION).passed[0]
+    g = gate_cfg(answer_form=False, max_retention=None, gate_threshold=None, min_coverage=None)
+    assert apply_gate(pd.DataFrame([q]), g).passed[0]
 
 
 def test_clause_coverage_finds_the_dropped_item_of_a_list():
@@ -194,7 +194,7 @@ def test_clause_coverage_finds_the_dropped_item_of_a_list():
     assert clause_coverage("Yes.", "Yes, it is.", "Is it?") == (1.0, None)
     row = candidate(dropped, original=original, query=query)
     assert row["coverage"] == 0.0
-    assert apply_gate(pd.DataFrame([row]), gate_cfg(), INJECTION).reject_reason[0] == "lost_content"
+    assert apply_gate(pd.DataFrame([row]), gate_cfg()).reject_reason[0] == "lost_content"
 
 
 def test_word_edits_count_new_and_dropped_words_not_whitespace_or_punctuation():
@@ -210,25 +210,25 @@ def test_word_edits_count_new_and_dropped_words_not_whitespace_or_punctuation():
 
 def test_near_copy_and_added_to_copy_rules_follow_their_settings():
     one_word = "Water the soil when the top inch is dry, then let the pot drain fully."
-    assert apply_gate(pd.DataFrame([candidate(one_word)]), gate_cfg(), INJECTION).reject_reason[0] == "near_copy"
+    assert apply_gate(pd.DataFrame([candidate(one_word)]), gate_cfg()).reject_reason[0] == "near_copy"
     off = gate_cfg(near_copy_max_new_words=None, copy_max_dropped_words=None)
-    assert apply_gate(pd.DataFrame([candidate(one_word)]), off, INJECTION).reject_reason[0] is None
+    assert apply_gate(pd.DataFrame([candidate(one_word)]), off).reject_reason[0] is None
     appended = ORIGINAL + " Gracias por el golf, amigos."
-    assert apply_gate(pd.DataFrame([candidate(appended, length_ratio=1.3)]), gate_cfg(), INJECTION).reject_reason[0] \
+    assert apply_gate(pd.DataFrame([candidate(appended, length_ratio=1.3)]), gate_cfg()).reject_reason[0] \
         == "added_to_copy"
     rewritten = "Let the top inch of soil dry out, water it well, and make sure the pot drains completely."
-    assert apply_gate(pd.DataFrame([candidate(rewritten)]), gate_cfg(), INJECTION).reject_reason[0] is None
+    assert apply_gate(pd.DataFrame([candidate(rewritten)]), gate_cfg()).reject_reason[0] is None
 
 
 def test_a_borderline_harmful_original_is_never_polished():
     rewritten = "Once the top inch of the soil is dry, give it water and drain the pot."
     cfg = gate_cfg()
-    assert cfg["original_harm_max"] == C.load("demo").harm.revise_below == 0.4
-    ok = apply_gate(pd.DataFrame([candidate(rewritten, ref_harm=0.39)]), cfg, INJECTION)
+    assert cfg.revise_below == C.load("demo").harm.revise_below == 0.4
+    ok = apply_gate(pd.DataFrame([candidate(rewritten, ref_harm=0.39)]), cfg)
     assert ok.reject_reason[0] is None
-    near = apply_gate(pd.DataFrame([candidate(rewritten, ref_harm=0.41, harm=0.01)]), cfg, INJECTION)
+    near = apply_gate(pd.DataFrame([candidate(rewritten, ref_harm=0.41, harm=0.01)]), cfg)
     assert near.reject_reason[0] == "borderline_original"
-    off = gate_cfg(original_harm_max=None)
-    assert apply_gate(pd.DataFrame([candidate(rewritten, ref_harm=0.9)]), off, INJECTION).reject_reason[0] is None
+    off = gate_cfg(revise_below=None)
+    assert apply_gate(pd.DataFrame([candidate(rewritten, ref_harm=0.9)]), off).reject_reason[0] is None
     with pytest.raises(C.ConfigError, match="harm.revise_below"):
         C.load("demo", ["harm.revise_below=1.5"])

@@ -7,6 +7,7 @@ scores mean is not tested here (a random model is no classifier).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pandas as pd
@@ -230,18 +231,18 @@ def test_a_row_that_fails_to_score_gets_nan_and_an_error_like_the_head_path(tok,
     assert got.error[0] is None and got.error[2] is None  # the batch was split; the others scored
     assert math.isnan(got.harm[1]) and got.error[1] == "RuntimeError: device fault"
     # the head path gives a failing row the same shape: NaN and an error, same columns
-    head = harm_head(C.load("demo").to_dict())
+    head = harm_head(C.load("demo").harm)
     monkeypatch.setattr(head, "score", lambda q, t, texts: (_ for _ in ()).throw(RuntimeError("device fault")))
     failed = screen_batch(encoder.model, encoder.tokenizer, head, qs[:1], rs[:1])
     assert list(failed.columns) == list(got.columns) == SCREEN_COLUMNS
     assert math.isnan(failed.harm[0]) and failed.error[0] == got.error[1]
 
 
-def _guard_cfg(fmt_name: str = "llama_guard_3", **harm) -> dict:
+def _guard_cfg(fmt_name: str = "llama_guard_3", guard_model: str | None = "embedded:smollm2-135m") -> C.Config:
+    """The demo with the guard backend: ``guard_model=None`` leaves the guard model unset."""
     cfg = C.load("demo", ["harm.backend=guard", "harm.guard_model=embedded:smollm2-135m",
-                          f"harm.guard_format={fmt_name}"]).to_dict()
-    cfg["harm"].update(harm)
-    return cfg
+                          f"harm.guard_format={fmt_name}"])
+    return cfg if guard_model else dataclasses.replace(cfg, harm=dataclasses.replace(cfg.harm, guard_model=None))
 
 
 class _Spy:
@@ -285,7 +286,7 @@ def test_the_gates_scorer_scores_harm_with_the_configured_backend(tok, tiny_guar
     want = guard_batch(tiny_guard, tok, fmt("llama_guard_3"), qs, texts)
     assert out.harm.tolist() == pytest.approx(want.harm.tolist(), abs=1e-6)
     # the head backend scores harm from the embeddings and never calls the guard
-    head_cfg = C.load("demo").to_dict()
+    head_cfg = C.load("demo")
     out = scorer.score_candidates(lm, encoder, None, qs, texts, texts, strip=False, cfg=head_cfg)
     assert len(spy.calls) == 1 and out.harm.between(0, 1).all()
     assert out.harm.tolist() != pytest.approx(want.harm.tolist(), abs=1e-3)

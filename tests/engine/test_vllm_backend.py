@@ -1,13 +1,24 @@
 """The vLLM backend (through the rewrite factory) against a fake engine: prompts, per-row settings and seeds,
 order, errors."""
 
+import dataclasses
 import sys
 from types import ModuleType, SimpleNamespace
 
 import pandas as pd
 import pytest
 
+from cleancurate import config as C
 from tests.fakes import CharTokenizer
+
+
+def vllm_cfg(model_dir, dtype="bfloat16", max_new_tokens=32) -> C.Config:
+    """The demo configuration with the vLLM backend on a local model folder and a short prompt."""
+    cfg = C.load("demo", [f"model.name={model_dir}", "model.backend=vllm", f"model.dtype={dtype}"])
+    return dataclasses.replace(
+        cfg, model=dataclasses.replace(cfg.model, max_context=None),
+        curation=dataclasses.replace(cfg.curation, prompt="Revise the response.", system_prompt=None,
+                                     max_new_tokens=max_new_tokens))
 
 
 class FakeSamplingParams:
@@ -59,9 +70,7 @@ def fake_vllm(monkeypatch, tmp_path):
     monkeypatch.setattr(vllm_backend, "_ENGINES", {})
     FakeLLM.instances.clear()
     (tmp_path / "config.json").write_text("{}")
-    model_cfg = {"name": str(tmp_path), "dtype": "bfloat16", "max_context": None, "backend": "vllm"}
-    curation_cfg = {"prompt": "Revise the response.", "system_prompt": None, "max_new_tokens": 32}
-    return make_rewrite_fn, model_cfg, curation_cfg
+    return make_rewrite_fn, vllm_cfg(tmp_path)
 
 
 def _series(*cols):
@@ -69,14 +78,14 @@ def _series(*cols):
 
 
 def test_requests_carry_each_rows_prompt_settings_and_seed_in_order(fake_vllm):
-    make_rewrite_fn, model_cfg, cur = fake_vllm
-    fn = make_rewrite_fn(model_cfg, {}, cur)
+    make_rewrite_fn, cfg = fake_vllm
+    fn = make_rewrite_fn(cfg)
     queries = ["How do I boil an egg?", "Best beach gear?", "Name a fruit."]
     parents = ["Boil it.", "Sunscreen.", "Apple."]
     seeds = [12, 2**40 + 5, 7]
     out = fn(*_series(queries, parents, [0.2, 1.0, 0.0], [0.5, 1.0, 0.8], seeds))
     llm = FakeLLM.instances[-1]
-    assert llm.init_kwargs["model"] == model_cfg["name"]
+    assert llm.init_kwargs["model"] == cfg.model.name
     assert llm.init_kwargs["enable_prefix_caching"] is True and llm.init_kwargs["trust_remote_code"] is False
     assert llm.init_kwargs["dtype"] == "bfloat16"
     prompts, params = llm.calls[-1]
@@ -96,8 +105,8 @@ def test_requests_carry_each_rows_prompt_settings_and_seed_in_order(fake_vllm):
 
 
 def test_one_rejected_request_gives_that_row_an_error_and_the_rest_run(fake_vllm):
-    make_rewrite_fn, model_cfg, cur = fake_vllm
-    fn = make_rewrite_fn(model_cfg, {}, cur)
+    make_rewrite_fn, cfg = fake_vllm
+    fn = make_rewrite_fn(cfg)
     parents = ["A.", "B.", "BOOM far too long", "D."]
     out = fn(*_series(["q"] * 4, parents, [1.0] * 4, [1.0] * 4, [1, 2, 3, 4]))
     assert out["error"].isna().tolist() == [True, True, False, True]
@@ -107,8 +116,8 @@ def test_one_rejected_request_gives_that_row_an_error_and_the_rest_run(fake_vllm
 
 
 def test_aborted_request_is_a_row_error_and_length_stops_are_trimmed(fake_vllm):
-    make_rewrite_fn, model_cfg, cur = fake_vllm
-    fn = make_rewrite_fn(model_cfg, {}, cur)
+    make_rewrite_fn, cfg = fake_vllm
+    fn = make_rewrite_fn(cfg)
     out = fn(*_series(["q"] * 3, ["ok.", "ABORT", "CUT"], [1.0] * 3, [1.0] * 3, [1, 2, 3]))
     assert pd.isna(out["error"][0]) and out["error"][1] == "vllm: request ended with finish_reason='abort'"
     # ran out of tokens: cut back to the last complete sentence, every token counted
@@ -117,9 +126,9 @@ def test_aborted_request_is_a_row_error_and_length_stops_are_trimmed(fake_vllm):
 
 
 def test_one_engine_per_worker(fake_vllm):
-    make_rewrite_fn, model_cfg, cur = fake_vllm
-    make_rewrite_fn(model_cfg, {}, cur)
-    make_rewrite_fn(model_cfg, {}, cur)
+    make_rewrite_fn, cfg = fake_vllm
+    make_rewrite_fn(cfg)
+    make_rewrite_fn(cfg)
     assert len(FakeLLM.instances) == 1
 
 
@@ -132,4 +141,4 @@ def test_missing_vllm_names_the_fix(monkeypatch, tmp_path):
     monkeypatch.setattr(vllm_backend, "_ENGINES", {})
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ModelError, match="model.backend: transformers"):
-        make_rewrite_fn({"name": str(tmp_path), "dtype": "auto", "backend": "vllm"}, {}, {"max_new_tokens": 8})
+        make_rewrite_fn(vllm_cfg(tmp_path, dtype="auto", max_new_tokens=8))

@@ -63,13 +63,15 @@ def fake_udfs() -> dict:
     def gate(rows):
         import zlib
 
-        def rule(text):
+        def rule(text, dup):
+            if dup:  # the real gate's first rule: a repeated text is a duplicate
+                return "duplicate"
             if text.startswith("Give it"):  # g01: every revision loses content
                 return "lost_content"
             if text.startswith("A pothos") and zlib.crc32(text.encode()) % 3 == 0:
                 return "retention"
             return None
-        return pd.Series([rule(t) for t in rows["text"]])
+        return pd.Series([rule(t, d) for t, d in zip(rows["text"], rows["dup"])])
 
     @pandas_udf(SCREEN)
     def screen(queries, responses):
@@ -155,7 +157,9 @@ def test_minimize_with_fakes_ranks_picks_and_accounts_for_every_row_after_a_stop
     assert cur.loc["g04", "ppl_curated"] < cur.loc["g04", "ppl_original"] and pd.isna(cur.loc["g04", "kept_reason"])
     assert (cur.loc["g03", "improved"], cur.loc["g03", "kept_reason"]) == (False, ORIGINAL_RANKED_BEST)
     assert (cur.loc["g01", "improved"], cur.loc["g01", "kept_reason"]) == (False, NO_REVISION_PASSED)
-    assert cur.loc["g01", "rejections"] == "lost_content:3"  # its one original x 3 settings, then it stopped
+    # its one original x 3 settings, then it stopped; the revision at temperature 1.0 repeats the original, and
+    # the gate checks duplicate before lost_content
+    assert cur.loc["g01", "rejections"] == "lost_content:2, duplicate:1"
     assert cur.loc["g03", "response_curated"] == cur.loc["g03", "response_original"]
     check_beams_and_picks(tb, Objective("minimize"), res.config.curation.beam_size)
     # a repeat of the parent that passed the gate is a duplicate, never a beam member
@@ -199,6 +203,6 @@ def test_maximize_with_fakes_never_keeps_the_original_and_the_flag_action_keeps_
     assert cur.loc["g04", "ppl_curated"] == fresh.ppl.max() < cur.loc["g04", "ppl_original"]
     curate = q[q.stage == "curate"]
     assert list(curate.doc_id) == ["g01"] and list(curate.reason) == [NO_REVISION_PASSED]
-    assert curate.detail.iloc[0] == "candidates tried: 3; rejected by rule: lost_content:3"
+    assert curate.detail.iloc[0] == "candidates tried: 3; rejected by rule: lost_content:2, duplicate:1"  # the 1.0 revision repeats the original
     check_beams_and_picks(tb, Objective("maximize"), res.config.curation.beam_size)
     assert res.counts["quarantined_by_stage"] == {"validate": len(jobdata.BAD), "round0": 2, "curate": 1}

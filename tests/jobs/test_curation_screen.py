@@ -110,17 +110,17 @@ def test_head_carries_its_threshold_and_scores_refusals_zero():
 
 
 def test_harm_threshold_null_takes_the_heads_own_and_an_override_wins():
-    from cleancurate.gate import gate_settings
+    from cleancurate.gate import GateSettings
 
     cfg = C.load("demo")
     head = HarmHead.from_json(cfg.harm.head)
     assert cfg.harm.threshold == head.threshold
     # the gate's bar is lower than the screen's, and it is the one the gate's harmful rule uses
     assert cfg.harm.gate_threshold == head.gate_threshold < head.threshold
-    assert gate_settings(cfg.to_dict())["harm_threshold"] == head.gate_threshold
+    assert GateSettings.from_config(cfg).gate_threshold == head.gate_threshold
     assert cfg.with_overrides(["harm.threshold=0.3"]).harm.threshold == 0.3
     assert cfg.with_overrides(["harm.gate_threshold=0.2"]).harm.gate_threshold == 0.2
     assert C.load("demo", ["harm.head_file=null"]).harm.threshold == 0.5
-    assert gate_settings(C.load("demo", ["harm.head_file=null"]).to_dict())["harm_threshold"] is None
+    assert GateSettings.from_config(C.load("demo", ["harm.head_file=null"])).gate_threshold is None
     with pytest.raises(C.ConfigError, match="harm.threshold"):
         C.load("demo", ["harm.threshold=1.5"])

@@ -22,6 +22,11 @@ TRAIN = {"seed": 5, "max_length": 48, "learning_rate": 5e-5, "weight_decay": 0.0
          "lora_target_modules": ["q_proj", "v_proj"]}
 
 
+def train_settings(**over) -> C.EvaluationConfig:
+    """The ``evaluation`` section of the tests' training runs (TRAIN, some keys changed)."""
+    return C.from_dict({**jobdata.job_config("unused", "unused", rounds=1), "evaluation": {**TRAIN, **over}}).evaluation
+
+
 @pytest.mark.parametrize("method, device, expected", [
     ("full", "cpu", "float32"), ("lora", "cpu", "float32"), ("full", "cuda:0", "float32"),
 ])
@@ -55,7 +60,7 @@ def test_full_fine_tuning_is_seeded_and_deterministic_on_cpu(tiny_lm_dir):
     for _ in range(2):
         model = copy.deepcopy(base)
         before = model.model.layers[0].self_attn.q_proj.weight.detach().clone()
-        st = train(model, tok, PAIRS, TRAIN)
+        st = train(model, tok, PAIRS, train_settings())
         after = model.model.layers[0].self_attn.q_proj.weight.detach()
         runs.append((st, after.clone(), float((after - before).abs().max())))
         del model
@@ -75,8 +80,8 @@ def test_lora_trains_only_adapters_and_merges_back():
     model, tok, _ = load_trainable("embedded:smollm2-135m", "cpu")
     embed_before = model.get_input_embeddings().weight.detach().clone()
     q_before = model.model.layers[0].self_attn.q_proj.weight.detach().clone()
-    peft_model = add_lora(model, {**TRAIN, "method": "lora"})
-    st = train(peft_model, tok, PAIRS, {**TRAIN, "method": "lora", "learning_rate": 1e-3})
+    peft_model = add_lora(model, train_settings(method="lora"))
+    st = train(peft_model, tok, PAIRS, train_settings(method="lora", learning_rate=1e-3))
     merged = peft_model.merge_and_unload()
     assert 0 < st["trainable_params"] < st["total_params"] / 100
     assert not hasattr(merged, "peft_config")
@@ -94,10 +99,10 @@ def test_lora_phases_train_fresh_adapters_from_the_seed_whatever_ran_before():
 
     raw = jobdata.job_config("unused", "unused", rounds=1)
     ev = C.from_dict({**raw, "evaluation": {**TRAIN, "method": "lora", "learning_rate": 1e-3, "max_steps": 1,
-                                            "max_new_tokens": 4}}).to_dict()
+                                            "max_new_tokens": 4}})
     phases = [{"phase": 1, "kinds": ["curated"], "pairs": PAIRS[:2]}, {"phase": 2, "kinds": ["benign"], "pairs": PAIRS[2:]}]
     payload = {"mix": "before", "phases": phases, "harmful": [], "benign": [("b1", "How do I boil an egg?", "Nine minutes.")],
-               **{k: ev[k] for k in ("model", "runtime", "evaluation")}}
+               **{k: getattr(ev, k) for k in ("model", "runtime", "evaluation")}}
     runs = []
     for draws in (0, 7):
         torch.manual_seed(1234)
@@ -120,13 +125,13 @@ def test_torch_distributor_runs_the_same_function_with_two_processes(spark, tiny
     raw = jobdata.job_config("unused", "unused", rounds=1)
     raw["model"] = {"name": tiny_lm_dir, "device": "cpu"}
     ev = C.from_dict({**raw, "evaluation": {**TRAIN, "max_steps": 1, "max_new_tokens": 4, "distributor": "torch",
-                                            "num_processes": 2, "local_mode": True, "use_gpu": False}}).to_dict()
+                                            "num_processes": 2, "local_mode": True, "use_gpu": False}})
     # two phases, as the stage mixes train: DDP wraps the model again for the second one
     phases = [{"phase": 1, "kinds": ["curated"], "pairs": PAIRS[:2]}, {"phase": 2, "kinds": ["benign"], "pairs": PAIRS[2:]}]
     payload = {"mix": "after", "phases": phases, "harmful": [("h1", "Say something rude.")],
                "benign": [("b1", "How do I boil an egg?", "Simmer it for nine minutes.")],
-               **{k: ev[k] for k in ("model", "runtime", "evaluation")}}
-    result = run_mix(payload, ev["evaluation"])
+               **{k: getattr(ev, k) for k in ("model", "runtime", "evaluation")}}
+    result = run_mix(payload, ev.evaluation)
     train = result["train"]
     assert result["mix"] == "after" and train["world"] == 2 and train["device"] == "cpu"
     assert train["steps"] == 2 and train["examples"] == 4 and all(math.isfinite(v) for v in train["losses"])
