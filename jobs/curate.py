@@ -37,7 +37,11 @@ class ProgressPrinter(options.ProgressPrinter):
     def message(self, ev: dict, el: float) -> str | None:
         kind = ev["event"]
         if kind == "start":
-            msg = f"run {ev['run_id']} (config {ev['config_hash']}), increment {ev['increment']} of {ev['source']}"
+            msg = f"run {ev['run_id']} (config {ev['config_hash']})"
+            if ev.get("increment"):
+                msg += f", increment {ev['increment']}"
+            if ev.get("source"):
+                msg += f" of {ev['source']}"
             if ev["resume_after_round"] is not None and ev["resume_after_round"] >= 0:
                 msg += f": resuming after round {ev['resume_after_round']}"
         elif kind == "unchanged":

@@ -72,10 +72,11 @@ def account_output(ctx, increment_row: dict | None = None, source_rows: int | No
     if source_rows is None and increment_row is not None:
         source_rows = increment_row.get("source_rows")
     q = {r.stage: int(r["count"]) for r in ctx.read_all("quarantine").groupBy("stage").count().collect()}
-    docs = ctx.read_all("docs").agg(F.count("*").alias("v"), F.sum(F.col("selected").cast("int")).alias("s")).collect()[0]
+    docs = ctx.read_all("docs").agg(F.count("*").alias("v"), F.sum(F.col("selected").cast("int")).alias("s"),
+                                    F.sum(F.col("unsafe").cast("int")).alias("u")).collect()[0]
     counts = {
         "input_rows": int(source_rows) if source_rows is not None else None,
-        "valid_rows": int(docs.v or 0), "selected_rows": int(docs.s or 0),
+        "valid_rows": int(docs.v or 0), "selected_rows": int(docs.s or 0), "unsafe_rows": int(docs.u or 0),
         "mix_rows": ctx.read_all("mix").count(), "curated_rows": ctx.read_all("curated").count(),
         "quarantined_rows": sum(q.values()), "quarantined_by_stage": q,
         "improved_rows": ctx.read_all("curated").where(F.col("improved")).count(),

@@ -79,8 +79,13 @@ class RunContext:
         """
         from pyspark.sql import functions as F
 
+        from cleancurate.schemas import TABLES
+
         if name not in RUN_LEVEL:
             df = df.withColumn("increment", F.lit(int(self.increment)).cast("int"))
+        if name in TABLES:  # the declared column order (the stamp lands where the schema puts it)
+            order = [f.name for f in TABLES[name].fields if f.name in df.columns]
+            df = df.select(*order, *[c for c in df.columns if c not in order])
         self.store.write_slice(df, name, self.where_run(where, name), partition_by=partition_by, merge_schema=True)
 
     def partitions(self) -> int:

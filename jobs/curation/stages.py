@@ -256,9 +256,11 @@ class CurationJob:
             k, stored, previous = 0, None, None
         self.ctx.increment = k
         if stored is None and identity.same_as(previous):  # nothing changed: the stored result, at once
-            self.counts = account_output(self.ctx, self.increments.last_complete())
+            done = self.increments.last_complete()
+            self.counts = account_output(self.ctx, done)
             self._emit("unchanged", increment=k, source=identity.describe())
-            return CurationResult(self.run_id, self.cfg, self.store, self.counts, True, None, increment=k)
+            return CurationResult(self.run_id, self.cfg, self.store, self.counts, True,
+                                  int(done["last_complete_round"]) if done else None, increment=k)
         resumed = stored["last_complete_round"] if stored is not None else None
         self._emit("start", config_hash=self.hash, increment=k, resume_after_round=resumed,
                    source=identity.describe())

@@ -28,6 +28,9 @@ def test_progress_line_of_a_resumed_run_says_where_it_resumes():
     resumed = printer.message({"event": "start", "run_id": "r1", "config_hash": "abc", "resume_after_round": 1}, 0.0)
     assert fresh == "run r1 (config abc)"
     assert resumed == "run r1 (config abc): resuming after round 1"
+    later = printer.message({"event": "start", "run_id": "r1", "config_hash": "abc", "resume_after_round": None,
+                             "increment": 2, "source": "delta /data/t at version 7"}, 0.0)
+    assert later == "run r1 (config abc), increment 2 of delta /data/t at version 7"
 
 
 def test_cli_errors_name_the_problem(tmp_path):
