@@ -1,6 +1,6 @@
 """The jobs: each one's Spark stages, above the UDFs and the library.
 
-Layers (imports point downwards only; ``tests/test_imports.py`` checks it)::
+Layers (imports point downwards only; ``tests/project/test_imports.py`` checks it)::
 
     cleancurate.jobs      curation/ (stages, validate, report), evaluation/ (mixes, fine-tuning,
                           judges, intervals, report); curate.py, evaluate.py: spark-submit entry points

@@ -53,12 +53,13 @@ def report_data(spark, out: str, run_id: str | None = None, reader_sample: int =
     kept = (curated.where("NOT improved").select("doc_id", "query", "kept_reason", "rejections")
             .orderBy("doc_id").toPandas())
     screened = t("docs").where(where & F.col("unsafe")).count()
+    increments = _increments(out, run_id, t)
     total_seconds = float(stats.seconds.sum()) if len(stats) else 0.0
     tokens = int(stats.gen_tokens.sum() + stats.scored_tokens.sum()) if len(stats) else 0
     return {
         "run": run, "run_id": run_id, "ppl": ppl, "gate": gate, "median": median, "stats": stats,
         "examples": top, "quarantine": quarantine, "reader": reader, "outcomes": outcomes, "kept": kept,
-        "screened": screened,
+        "screened": screened, "increments": increments,
         "throughput": {
             "seconds": total_seconds,
             "selected_docs_per_s": (float(run.selected_rows or 0) / total_seconds) if total_seconds else 0.0,
@@ -67,6 +68,22 @@ def report_data(spark, out: str, run_id: str | None = None, reader_sample: int =
             "scored_tokens": int(stats.scored_tokens.sum()) if len(stats) else 0,
         },
     }
+
+
+#: the columns of ``increments`` the report shows, one row per increment
+INCREMENT_COLUMNS = ["increment", "status", "read_via", "source_version", "source_rows", "docs_new", "docs_changed",
+                     "docs_removed", "docs_unchanged", "input_rows", "selected_rows", "curated_rows", "mix_rows",
+                     "live_mix_rows", "started_at", "seconds", "note"]
+
+
+def _increments(out: str, run_id: str, t):
+    """The run's increments (what each read and found), oldest first; empty for an output written before them."""
+    import pandas as pd
+    from pyspark.sql import functions as F
+
+    if not (Path(out) / "increments" / "_delta_log").is_dir():
+        return pd.DataFrame(columns=INCREMENT_COLUMNS)
+    return t("increments").where(F.col("run_id") == run_id).select(*INCREMENT_COLUMNS).orderBy("increment").toPandas()
 
 
 def _plots(data: dict, folder: Path) -> dict[str, str]:
@@ -178,6 +195,10 @@ def write_report(data: dict, folder: Path, timings: dict | None = None) -> Path:
         "<h3>Revisions side by side (seeded random sample)</h3>",
         _table(data["reader"]) if len(data["reader"]) else "<p>No revision replaced its original in this run.</p>",
         "<h3>Documents that kept their original</h3>", _table(data["kept"]),
+        "<h2>Increments</h2>",
+        "<p>Each increment brought the output up to date with its source: new and changed documents curated, "
+        "removed ones deleted from every table (listed in the <code>removals</code> table).</p>",
+        _table(data["increments"]),
         "<h2>Rounds</h2>", _table(data["stats"].drop(columns=["run_id"])),
         "<h2>Gate decisions (rejections per rule)</h2>", _table(data["gate"]),
         "<h2>Quarantine</h2>", _table(data["quarantine"]),

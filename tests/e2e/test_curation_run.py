@@ -234,8 +234,11 @@ def test_report_figures_exist_and_their_data_matches_the_tables(spark, run):
     assert len(data["ppl"]) == len(curated)
     assert list(data["median"]["round"]) == [0, 1, 2]
     assert list(data["stats"]["docs_active"]) == [2, 2, 2]
+    inc = data["increments"]  # one increment: the full first run
+    assert list(inc.increment) == [0] and list(inc.status) == ["complete"] and list(inc.read_via) == ["full"]
+    assert int(inc.source_rows[0]) == run.counts["input_rows"]
     html = path.read_text()
-    assert "ppl_distribution.png" in html and run.run_id in html
+    assert "ppl_distribution.png" in html and run.run_id in html and "<h2>Increments</h2>" in html
 
 
 def test_curated_outputs_hold_no_degenerate_text(spark, run):

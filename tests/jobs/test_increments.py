@@ -226,6 +226,11 @@ def test_a_parquet_folder_increment_keeps_the_output_through_bad_input_then_take
     assert (q.loc["n09", "stage"], q.loc["n09", "reason"], q.loc["n09", "increment"]) == ("validate", "null_response", 1)
     assert table(spark, out, "removals").set_index("doc_id").reason.to_dict() == {"g03": "deleted", "g05": "changed"}
     assert_accounted(spark, out, now)
+    # the report lists both increments, with what each found
+    from cleancurate.jobs.curation.report import report_data
+
+    shown = report_data(spark, out, res.run_id)["increments"]
+    assert list(shown.increment) == [0, 1] and list(shown.docs_removed) == [0, 1]
     assert_mix_as_fresh(spark, str(src), out, str(tmp_path / "fresh"))
 
 
@@ -249,3 +254,18 @@ def test_a_delta_source_without_its_change_feed_is_compared_as_a_snapshot(spark,
     latest = identify(spark, cfg)
     feed, why = change_feed(spark, cfg, on, latest)
     assert why is None and [tuple(r) for r in feed.collect()] == [CHANGED_G05]
+
+
+def test_a_dataframe_source_is_named_by_its_content_or_by_the_callers_id(spark, tmp_path):
+    from cleancurate import config as C
+    from cleancurate.sources import identify
+
+    cfg = C.from_dict(jobdata.job_config("unused", str(tmp_path / "out"))).input
+    first = identify(spark, cfg, spark.createDataFrame(FIRST, SCHEMA))
+    assert first.kind == "dataframe" and identify(spark, cfg, spark.createDataFrame(FIRST[::-1], SCHEMA)).same_as(first)
+    changed = spark.createDataFrame([CHANGED_G05 if r[0] == "g05" else r for r in FIRST], SCHEMA)
+    assert not identify(spark, cfg, changed).same_as(first)  # one response differs
+    # an id from the caller stands for the content: the same id, the same source
+    assert identify(spark, cfg, changed, "batch-7").same_as(identify(spark, cfg, spark.createDataFrame(FIRST, SCHEMA),
+                                                                    "batch-7"))
+    assert not identify(spark, cfg, changed, "batch-8").same_as(identify(spark, cfg, changed, "batch-7"))
