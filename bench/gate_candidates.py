@@ -43,8 +43,9 @@ def load_docs(sample_ids: list[str], written: bool = True) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from cleancurate.config import load as load_config
     from cleancurate.config import read_conf_file
-    from cleancurate.models import get_model
+    from cleancurate.models import load
     from cleancurate.textrules import strip_preamble
     from cleancurate.engine.generate import generate_batch
     from cleancurate.engine.prompting import build_prompts
@@ -56,7 +57,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     ids = [s for s in args.sample_ids.split(",") if s]
     docs = load_docs(ids, written=not args.no_written)
-    lm = get_model("embedded:smollm2-135m", "causal-lm", "cpu", "auto", False)
+    # the job's curation model, as the set was made with it: the embedded SmolLM2 on the CPU, never downloaded
+    cfg = load_config("demo", ["model.name=embedded:smollm2-135m", "model.device=cpu", "model.dtype=auto",
+                               "model.allow_network=false"])
+    lm = load(cfg, "lm")
     rows = []
     for name, prompt_file, t, p, max_new in VARIANTS:
         instruction = read_conf_file(prompt_file, ROOT / "conf")

@@ -30,6 +30,10 @@ import json
 import time
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cleancurate.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
 LABELED = ROOT / "data" / "gate_set" / "labeled.jsonl"
@@ -52,14 +56,16 @@ def read_labeled(path: Path = LABELED) -> list[dict]:
     return rows
 
 
-def score_rows(rows: list[dict], cfg: dict) -> tuple[list[dict], list[dict]]:
-    """Scores of every candidate and of each distinct (query, original), as the job computes them."""
-    from cleancurate.models import get_model
-    from cleancurate.engine.scorer import score_candidates
+def score_rows(rows: list[dict], cfg: Config) -> tuple[list[dict], list[dict]]:
+    """Scores of every candidate and of each distinct (query, original), as the job computes them.
 
-    mc = cfg["model"]
-    lm = get_model(mc["name"], "causal-lm", "cpu", mc["dtype"], False)
-    enc = get_model(cfg["metrics"]["embedder"], "encoder", "cpu", "auto", False)
+    ``cfg``: the configuration whose scorer runs (its models are loaded on the CPU, never downloaded).
+    """
+    from cleancurate.engine.scorer import score_candidates
+    from cleancurate.models import load
+
+    cfg = cfg.with_overrides(["model.device=cpu", "model.allow_network=false"])
+    lm, enc = load(cfg, "lm"), load(cfg, "encoder")
     docs = list(dict.fromkeys((r["query"], r["original"]) for r in rows))
     ref = score_candidates(lm, enc, None, [q for q, _ in docs], [o for _, o in docs], [o for _, o in docs],
                            strip=False, cfg=cfg)
@@ -121,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from bench.safety_head import encode, predict_out_of_fold, shipped_fold_heads
     from cleancurate import config as C
-    from cleancurate.gate import apply_gate, gate_settings
+    from cleancurate.gate import GateSettings, apply_gate
     from cleancurate.safety import HarmHead, precision_recall
 
     t0 = time.time()
@@ -129,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.harm is None:
         args.harm = "out_of_fold" if Path(args.labeled).resolve() == LABELED.resolve() else "shipped"
     profiles = {name: C.load(name) for name in args.profiles.split(",")}
-    base = next(iter(profiles.values())).to_dict()
+    base = next(iter(profiles.values()))
     cand_scores, ref_scores = score_rows(rows, base)
     t_score = time.time() - t0
     refs = {(r["query"], r["original"]): r for r in ref_scores}
@@ -157,12 +163,11 @@ def main(argv: list[str] | None = None) -> None:
         "labeled": args.labeled, "candidates": len(rows), "documents": len({r["doc_id"] for r in rows}),
         "labels": dict(Counter(r["label"] for r in rows).most_common()),
         "splits": dict(Counter(r.get("split") or "-" for r in rows).most_common()),
-        "harm_scores": args.harm, "model": base["model"]["name"], "embedder": base["metrics"]["embedder"],
+        "harm_scores": args.harm, "model": base.model.name, "embedder": base.metrics.embedder,
     }, "profiles": {}}
     decisions_by_profile = {}
     for name, cfg in profiles.items():
-        d = cfg.to_dict()
-        gated = apply_gate(frame, gate_settings(d), tuple(cfg.limits.injection_patterns))
+        gated = apply_gate(frame, GateSettings.from_config(cfg))
         decisions = [None if pd.isna(x) else x for x in gated["reject_reason"]]
         # the job never curates an original the safety screen flags: its candidates are never made
         screened = [refs[(r["query"], r["original"])]["harm"] >= cfg.harm.threshold for r in rows]
@@ -183,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
             [_original_harmful(rows, s) for s in ref_scores]),
     }
     if args.harm == "shipped":
-        result["harm_check"]["head"] = HarmHead.from_json(base["harm"]["head"]).meta
+        result["harm_check"]["head"] = HarmHead.from_json(base.harm.head).meta
     result["timings"] = {"scoring_s": round(t_score, 1), "total_s": round(time.time() - t0, 1)}
     if args.dump:
         with open(args.dump, "w", encoding="utf-8") as f:

@@ -3,7 +3,10 @@
     .venv/bin/python -m bench.memory [--rows 24] [--factor 10] [--arrow-batch-rows 32]
 
 Scores ``rows`` short sample rows (the shortest query+response pairs) through the
-Spark perplexity UDF, then the same rows repeated ``factor`` times, in one local[2]
+job's scorer UDF (``batch_udf(score.make_scorer, score.RETURN_TYPE, cfg, strip=False)``,
+as the job scores round 0's originals: the LM's perplexity, the encoder's signals and
+the harm head, so each worker holds the LM and the encoder), then the same rows
+repeated ``factor`` times, in one local[2]
 session with ``spark.sql.execution.arrow.maxRecordsPerBatch`` at the demo profile's
 ``runtime.arrow_batch_rows`` (as the job sets it). For each phase (warm-up, 1x,
 Nx) every process's peak RSS is taken two ways: VmHWM from /proc/<pid>/status,
@@ -108,11 +111,10 @@ def main(argv=None) -> None:
 
     from cleancurate.config import load
     from cleancurate.session import get_spark
-    from cleancurate.udfs.perplexity import perplexity_udf  # the Spark UDF is what this benchmark measures
+    from cleancurate.udfs import batch_udf, score  # the job's scorer UDF is what this benchmark measures
 
-    cfg = load("demo").to_dict()
-    cfg["model"]["device"] = "cpu"
-    arrow_rows = args.arrow_batch_rows if args.arrow_batch_rows is not None else cfg["runtime"]["arrow_batch_rows"]
+    cfg = load("demo", ["model.device=cpu"])
+    arrow_rows = args.arrow_batch_rows if args.arrow_batch_rows is not None else cfg.runtime.arrow_batch_rows
     valid = sample_rows()
     base = sorted(valid, key=lambda r: (len(r["query"]) + len(r["response"]), r["id"]))[: args.rows]
     data = [(r["id"], r["query"], r["response"]) for r in base]
@@ -121,16 +123,16 @@ def main(argv=None) -> None:
     spark, session_s = timed(get_spark, "local[2]", "bench-memory", {})
     if arrow_rows:
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(arrow_rows))
-    udf = perplexity_udf(cfg["model"], cfg["runtime"])
+    udf = batch_udf(score.make_scorer, score.RETURN_TYPE, cfg, strip=False)  # as the job builds score_original
 
-    def score(rows):
+    def score_rows(rows):
         df = spark.createDataFrame(rows, schema)
-        out = df.select(udf("query", "text").alias("p")).select("p.ppl", "p.error").collect()
+        out = df.select(udf("query", "text", "text").alias("p")).select("p.ppl", "p.error").collect()
         return len(out), sum(1 for r in out if r[1] is not None), df.rdd.getNumPartitions()
 
     phases = {}
     for name, rows in (("warmup", data[:4]), ("1x", data), (f"{args.factor}x", data * args.factor)):
-        (n, errors, parts), secs, stats = measure(lambda rows=rows: score(rows))
+        (n, errors, parts), secs, stats = measure(lambda rows=rows: score_rows(rows))
         phases[name] = {"rows": n, "partitions": parts, "errors": errors, "seconds": round(secs, 2),
                         "peak_by_role": by_role(stats),
                         "processes": {str(pid): s for pid, s in sorted(stats.items())}}

@@ -37,9 +37,13 @@ import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench._common import wilson_rate
 from bench.real_data import fold_of, hh_pairs, xstest_rows
+
+if TYPE_CHECKING:
+    from cleancurate.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
 GATE_SET = ROOT / "data" / "gate_set"
@@ -80,17 +84,17 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def embed_rows(rows: list[dict], cfg: dict):
-    """Query and text embeddings of each row with the job's encoder (torch, n x d each)."""
+def embed_rows(rows: list[dict], cfg: Config):
+    """Query and text embeddings of each row with the job's encoder (torch, n x d each), on the CPU."""
     from cleancurate.engine.embedding import embed
-    from cleancurate.models import get_model
+    from cleancurate.models import load
 
-    enc = get_model(cfg["metrics"]["embedder"], "encoder", "cpu", "auto", False)
+    enc = load(cfg.with_overrides(["model.device=cpu", "model.allow_network=false"]), "encoder")
     return embed(enc.model, enc.tokenizer, [r["query"] for r in rows]), \
         embed(enc.model, enc.tokenizer, [r["text"] for r in rows])
 
 
-def encode(rows: list[dict], cfg: dict, spec: str | None = None):
+def encode(rows: list[dict], cfg: Config, spec: str | None = None):
     """Features of each row's (query, text) with the job's encoder (``spec``: the head's parts)."""
     from cleancurate.safety import FEATURES, features
 
@@ -128,7 +132,7 @@ class TrainingData:
         return replace(self, x=allx[:n], xa=allx[n:n + m], xb=allx[n + m:])
 
 
-def training_data(cfg: dict, spec: str | None = None) -> TrainingData:
+def training_data(cfg: Config, spec: str | None = None) -> TrainingData:
     """Encode every labeled row (XSTest, the project's texts) and hh-rlhf pair once, with feature parts ``spec``."""
     from cleancurate.safety import FEATURES
 
@@ -367,7 +371,7 @@ def predict_out_of_fold(heads: list, x, groups) -> list[float]:
     return probs
 
 
-def shipped_fold_heads(cfg: dict, data: TrainingData | None = None) -> list:
+def shipped_fold_heads(cfg: Config, data: TrainingData | None = None) -> list:
     """Fold heads made with the shipped head's settings (its ``l2`` and ``pair_weight``)."""
     from cleancurate.safety import HarmHead
 
@@ -407,7 +411,7 @@ def main(argv: list[str] | None = None) -> None:
     from cleancurate.safety import FEATURES, HarmHead
 
     t0 = time.time()
-    cfg = C.load("demo", ["harm.head_file=null"]).to_dict()  # the head being made is not needed to make it
+    cfg = C.load("demo", ["harm.head_file=null"])  # the head being made is not needed to make it
     data = training_data(cfg)
     t_encode = time.time() - t0
     sel = Selector(data, args.max_flag)
@@ -434,7 +438,7 @@ def main(argv: list[str] | None = None) -> None:
               for k in ("xstest", "original", "contrast", "candidate")}
     result = {
         "inputs": {"rows": counts, "hh_rlhf_pairs": len(data.pair_groups), "folds": FOLDS,
-                   "features": FEATURES, "embedder": cfg["metrics"]["embedder"],
+                   "features": FEATURES, "embedder": cfg.metrics.embedder,
                    "grid": {"l2": list(L2_GRID), "pair_weight": list(PAIR_WEIGHT_GRID)},
                    "max_flag_less_harmful": args.max_flag},
         "out_of_fold_nested": {"per_fold_choice": {str(k): c for k, c in chosen.items()}, **nested},
@@ -449,7 +453,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.write:
         head = fit_on(data, set(every), final["l2"], final["pair_weight"])
         head.threshold, head.gate_threshold = final["threshold"], final["gate_threshold"]
-        head.meta = {"l2": final["l2"], "pair_weight": final["pair_weight"], "embedder": cfg["metrics"]["embedder"],
+        head.meta = {"l2": final["l2"], "pair_weight": final["pair_weight"], "embedder": cfg.metrics.embedder,
                      "trained_on": {**counts, "hh_rlhf_pairs": len(data.pair_groups)},
                      "out_of_fold": {"xstest_auc": nested["xstest"]["auc"],
                                      "xstest_precision": at_shipped["xstest"]["precision"]["value"],

@@ -1,21 +1,26 @@
-"""Perplexity scoring through the Spark pandas UDF vs a plain in-process call.
+"""The job's scorer through the Spark pandas UDF vs the same batch function called in-process.
 
     .venv/bin/python -m bench.scoring [--rows 96] [--arrow-batch-rows 32] [--threads 1] [--no-single-partition]
 
-Same rows, same model spec, one process (the driver) plus its local[2] Spark workers:
+Same rows, same configuration, one process (the driver) plus its local[2] Spark workers:
 
 1. ``get_spark("local[2]", "bench", {})``; ``spark.sql.execution.arrow.maxRecordsPerBatch``
    set to the demo profile's ``runtime.arrow_batch_rows`` (32), as the job does.
-2. ``udf = perplexity_udf(cfg["model"], cfg["runtime"])`` with ``cfg = load("demo").to_dict()``
-   (model device cpu), built once.
+2. ``udf = batch_udf(score.make_scorer, score.RETURN_TYPE, cfg, strip=False)`` with
+   ``cfg = load("demo", ["model.device=cpu"])``, built once: the scorer UDF the job runs
+   on round 0's originals (``CurationJob``'s ``score_original``; the sample rows are
+   originals). Per row it computes the text rules, the LM's perplexity, the encoder's
+   similarity, helpfulness and harm (the demo's harm head); no retention pass
+   (``strip=False``: an original is scored as it is).
 3. Warm-up: one small action over both partitions, so each Python worker loads
-   the model (a model-load log proves no load happens in the timed runs).
-4. Timed: ``df.select(udf("query", "text").alias("p")).select("p.ppl").collect()``
-   over a DataFrame of the rows (Spark's default 2 partitions -> 2 workers, each
-   with 1 torch thread, since Spark sets OMP_NUM_THREADS=1 in its workers).
+   its models, the LM and the encoder (a model-load log proves no load happens in the timed runs).
+4. Timed: ``df.select(udf("query", "text", "text").alias("p")).select("p.ppl").collect()``
+   over a DataFrame of the rows (the text is its own original; Spark's default 2 partitions ->
+   2 workers, each with 1 torch thread, since Spark sets OMP_NUM_THREADS=1 in its workers).
 5. Timed: the same on ``df.coalesce(1)``: one worker, so the same CPU resources as
    the in-process run (isolates Spark's own overhead).
-6. Timed: ``score_batch`` in the driver on the same rows (torch threads ``--threads``).
+6. Timed: the same batch function, ``score.make_scorer(cfg, strip=False)``, called in the
+   driver on all the rows at once (torch threads ``--threads``).
 
 ``ratio = inprocess_seconds / spark_seconds`` (step 6 / step 4). Prints one JSON object.
 """
@@ -30,7 +35,7 @@ import tempfile
 import pandas as pd  # module level: pandas_udf resolves the (string) annotations against module globals
 
 from bench._common import (
-    MODEL_SPEC, add_threads_option, begin, cpu_pressure, emit, environment, load_model, max_rel_diff,
+    MODEL_SPEC, add_threads_option, begin, cpu_pressure, emit, environment, max_rel_diff,
     sample_rows, set_threads, timed, timed_cpu,
 )
 
@@ -92,7 +97,7 @@ def _padded_tokens(data, token_budget: int, arrow_rows: int) -> dict:
 def _note(spark_s, single, inproc_s, threads, partitions, arrow_rows, pressure, padded) -> str:
     """One paragraph on what dominates the timings, from the measured numbers."""
     parts = [
-        f"Model compute dominates both paths (135M-parameter forward passes on CPU). "
+        f"Model compute dominates both paths (the 135M-parameter LM's and the encoder's forward passes on CPU). "
         f"The default Spark run used {partitions} partitions = {partitions} Python workers with 1 torch thread each; "
         f"the in-process run used 1 process with {threads} torch thread(s)."
     ]
@@ -100,9 +105,9 @@ def _note(spark_s, single, inproc_s, threads, partitions, arrow_rows, pressure, 
         over = single["seconds"] / inproc_s - 1.0
         parts.append(
             f"At equal resources (Spark coalesce(1): one worker, one thread) Spark took {single['seconds']:.1f} s vs "
-            f"{inproc_s:.1f} s in-process ({over:+.0%}). Part of that is batching, not Spark: score_batch gets "
+            f"{inproc_s:.1f} s in-process ({over:+.0%}). Part of that is batching, not Spark: the scorer gets "
             f"Arrow batches of {arrow_rows} rows and length-sorts only within one, so the forward passes see "
-            f"{padded['spark_1_partition']} padded tokens vs {padded['inprocess_one_call']} in one in-process call "
+            f"{padded['spark_1_partition']} padded LM tokens vs {padded['inprocess_one_call']} in one in-process call "
             f"({padded['spark_1_partition'] / padded['inprocess_one_call'] - 1:+.1%}); the rest is Spark's own cost "
             f"(JVM->Arrow->Python transfer, task scheduling) and run-to-run noise."
         )
@@ -135,55 +140,53 @@ def main(argv=None) -> None:
 
     from cleancurate.config import load
     from cleancurate.session import get_spark
-    from cleancurate.engine.perplexity import score_batch
-    from cleancurate.udfs.perplexity import perplexity_udf  # the Spark UDF is what this benchmark measures
+    from cleancurate.udfs import batch_udf, score  # the job's scorer UDF is what this benchmark measures
 
-    cfg = load("demo").to_dict()
-    cfg["model"]["device"] = "cpu"
-    arrow_rows = args.arrow_batch_rows if args.arrow_batch_rows is not None else cfg["runtime"]["arrow_batch_rows"]
+    cfg = load("demo", ["model.device=cpu"])
+    runtime = cfg.runtime
+    arrow_rows = args.arrow_batch_rows if args.arrow_batch_rows is not None else runtime.arrow_batch_rows
     rows = sample_rows(args.rows)
     data = [(r["id"], r["query"], r["response"]) for r in rows]
 
-    padded = _padded_tokens(data, cfg["runtime"]["token_budget"], arrow_rows)
+    padded = _padded_tokens(data, runtime.token_budget, arrow_rows)
 
     spark, session_s = timed(get_spark, "local[2]", "bench", {})
     if arrow_rows:
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(arrow_rows))
-    udf = perplexity_udf(cfg["model"], cfg["runtime"])
+    udf = batch_udf(score.make_scorer, score.RETURN_TYPE, cfg, strip=False)  # as the job builds score_original
     schema = "id string, query string, text string"
     df = spark.createDataFrame(data, schema).cache()
     df.count()  # materialise the cached input so the timed runs measure scoring
     partitions = df.rdd.getNumPartitions()
 
-    # warm-up: 2 rows in each of 2 partitions, so both Python workers load the model
+    def ppl(frame):  # each row is its own original, as the job scores round 0
+        return frame.select(udf("query", "text", "text").alias("p")).select("p.ppl").collect()
+
+    # warm-up: 2 rows in each of 2 partitions, so both Python workers load their models
     warm = spark.createDataFrame(data[:4], schema).repartition(2)
-    _, warm_s = timed(lambda: warm.select(udf("query", "text").alias("p")).select("p.ppl").collect())
+    _, warm_s = timed(lambda: ppl(warm))
     workers = sorted({r[0] for r in warm.select(worker_info_udf()("id")).collect()})
     loads_after_warm = len(_loads(load_log))
 
-    res, spark_s = timed(lambda: df.select(udf("query", "text").alias("p")).select("p.ppl").collect())
+    res, spark_s = timed(lambda: ppl(df))
     spark_ppl = [r[0] for r in res]
     loads_after_spark = len(_loads(load_log))
 
     single = None
     if not args.no_single_partition:
         one = df.coalesce(1)
-        res1, spark1_s = timed(lambda: one.select(udf("query", "text").alias("p")).select("p.ppl").collect())
+        res1, spark1_s = timed(lambda: ppl(one))
         single = {"seconds": round(spark1_s, 3), "partitions": 1,
                   "max_rel_diff_ppl_vs_inprocess": None, "_ppl": [r[0] for r in res1]}
     loads_after_single = len(_loads(load_log))
 
-    # in-process: the driver's own copy of the model, same rows
+    # in-process: the driver's own copies of the models, the UDF's batch function, same rows in one call
     set_threads(args.threads)
-    lm, load_s = load_model()
-    queries = [d[1] for d in data]
-    texts = [d[2] for d in data]
-    score_batch(lm.model, lm.tokenizer, queries[:4], texts[:4], token_budget=cfg["runtime"]["token_budget"])
-    out, inproc_s, inproc_cpu = timed_cpu(
-        score_batch, lm.model, lm.tokenizer, queries, texts,
-        token_budget=cfg["runtime"]["token_budget"], max_context=cfg["model"].get("max_context"),
-        stride=cfg["runtime"]["score_stride"],
-    )
+    fn, load_s = timed(score.make_scorer, cfg, False)
+    queries = pd.Series([d[1] for d in data])
+    texts = pd.Series([d[2] for d in data])
+    fn(queries[:4], texts[:4], texts[:4])
+    out, inproc_s, inproc_cpu = timed_cpu(fn, queries, texts, texts)
     inproc_ppl = out["ppl"].tolist()
     import torch
 
@@ -203,7 +206,8 @@ def main(argv=None) -> None:
         "model": MODEL_SPEC,
         "inputs": {
             "rows": len(rows), "spark_master": "local[2]", "df_partitions": partitions,
-            "arrow_max_records_per_batch": arrow_rows, "token_budget": cfg["runtime"]["token_budget"],
+            "arrow_max_records_per_batch": arrow_rows, "token_budget": runtime.token_budget,
+            "udf": "batch_udf(score.make_scorer, score.RETURN_TYPE, load('demo'), strip=False)",
             "padded_tokens": padded,
         },
         "spark_session_start_s": round(session_s, 3),
