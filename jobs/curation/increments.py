@@ -117,9 +117,12 @@ def plan(ctx, hashed_rows, identity: SourceIdentity, previous: SourceIdentity | 
     """
     from pyspark.sql import functions as F
 
-    led = ledger(ctx)
     src = source_keys(hashed_rows)
     source_rows = hashed_rows.count()
+    if ctx.increment == 0:  # the first increment: the output holds nothing, every key is new
+        docs = src.count()
+        return Plan("full", note, source_rows, docs, docs, 0, 0, 0, 0), None
+    led = ledger(ctx)
     via = "full" if previous is None else "diff"
     if keyed_feed is not None:
         touched = keyed_feed.select("doc_key").distinct()
@@ -160,11 +163,14 @@ def prune(ctx, gone, identity: SourceIdentity) -> int:
 
     Returns the number of documents recorded for this increment. A rerun deletes nothing
     more and records the same documents (earlier records of this increment are kept).
+    ``gone`` None (the first increment) records and deletes nothing.
     """
     from pyspark.sql import functions as F
 
     from cleancurate.schemas import REMOVALS
 
+    if gone is None:
+        return 0
     new = gone.select(F.lit(ctx.run_id).alias("run_id"), F.col("doc_key").alias("doc_id"), "reason",
                       F.lit(identity.location).alias("source"),
                       F.lit(identity.version).cast("long").alias("source_version"),
@@ -318,7 +324,7 @@ class IncrementRecord:
         if self._thread is not None:
             self._thread.join(timeout=self.interval + 5)
             self._thread = None
-        if self.row is not None and self.row.get("owner") == self.owner:
+        if self.row is not None and self.row.get("owner") == self.owner:  # a complete increment cleared it already
             try:
                 self.mark(owner=None)
             except Exception:  # noqa: BLE001 - the row keeps a dead owner; the next job sees its process is gone

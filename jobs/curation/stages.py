@@ -182,13 +182,16 @@ class CurationJob:
         problems = p.problems()
         if problems:
             raise AccountingError(f"increment {self.ctx.increment} of run {self.run_id}: " + "; ".join(problems))
-        self.increments.mark(phase="planned", read_via=p.read_via, note=p.note, source_rows=p.source_rows,
-                             source_docs=p.source_docs, docs_new=p.new, docs_changed=p.changed,
-                             docs_removed=p.removed, docs_unchanged=p.unchanged)
-        removed = prune(self.ctx, gone, identity)
-        if removed and self.cfg.output.vacuum_removed:
-            vacuum(self.ctx, self.cfg.output.vacuum_retention_hours)
-        self.increments.mark(phase="pruned")
+        counts = dict(read_via=p.read_via, note=p.note, source_rows=p.source_rows, source_docs=p.source_docs,
+                      docs_new=p.new, docs_changed=p.changed, docs_removed=p.removed, docs_unchanged=p.unchanged)
+        if gone is None:  # nothing to remove: planned and pruned in one commit
+            self.increments.mark(phase="pruned", **counts)
+        else:
+            self.increments.mark(phase="planned", **counts)  # the plan is recorded before anything is deleted
+            removed = prune(self.ctx, gone, identity)
+            if removed and self.cfg.output.vacuum_removed:
+                vacuum(self.ctx, self.cfg.output.vacuum_retention_hours)
+            self.increments.mark(phase="pruned")
         self.timings["plan"] = time.time() - t0
         self._emit("planned", increment=self.ctx.increment, read_via=p.read_via, new=p.new, changed=p.changed,
                    removed=p.removed, unchanged=p.unchanged, seconds=self.timings["plan"])
@@ -302,7 +305,8 @@ class CurationJob:
                 return CurationResult(self.run_id, self.cfg, self.store, self.counts, False, resumed, increment=k)
         self.counts = self._step("finalize", self._finalize, self.counts)
         whole = account_output(self.ctx, None, source_rows=self.increments.row.get("source_rows"))
-        self.increments.mark(phase="complete", status="complete", last_complete_round=R, finished_at=_utcnow(),
+        self.increments.mark(phase="complete", status="complete", owner=None, last_complete_round=R,
+                             finished_at=_utcnow(),
                              seconds=time.time() - t_start, curated_rows=self.counts["curated_rows"],
                              quarantined_rows=self.counts["quarantined_rows"], mix_rows=self.counts["mix_rows"],
                              live_mix_rows=whole["mix_rows"])
