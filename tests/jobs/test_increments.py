@@ -6,9 +6,9 @@ Two scenarios, each a chain of job runs over one source that changes between the
   source, the grown source without ``--incremental`` (an error), an increment killed after
   round 0 and resumed (with a second job refused while the first one's owner lives), then an
   increment whose starting version was removed from the table's log (the snapshot diff);
-* a Parquet folder: the first run, an increment whose input lost a column (the error of a
-  full run, the output untouched), then the repaired folder with new, changed, deleted and
-  bad rows.
+* a Parquet folder: the first run, increments whose input lost a column or changed a
+  column's type (the errors of a full run, the output untouched), then the repaired folder
+  with new, changed, deleted and bad rows.
 
 After every increment the output's ``mix`` is compared with a fresh full run's on the same
 source (doc_ids, ``source`` and text), and its accounting is checked from the tables.
@@ -210,6 +210,11 @@ def test_a_parquet_folder_increment_keeps_the_output_through_bad_input_then_take
     # a file appears whose rows lack the response column: the full run's error, and nothing in the output lost
     write_folder([[(i, q) for i, q, _ in NEW]], "id string, query string")
     with pytest.raises(InputError, match=r"no column 'response' \(input.response_column\)"):
+        run(spark, str(src), out, incremental=True)
+    assert mix_view(spark, out) == mix_before and len(table(spark, out, "docs")) == docs_before
+    # ... and one whose response column changed type
+    write_folder([[(i, q, 7) for i, q, _ in NEW]], "id string, query string, response int")
+    with pytest.raises(InputError, match=r"column 'response' has type int; it must be string"):
         run(spark, str(src), out, incremental=True)
     assert mix_view(spark, out) == mix_before and len(table(spark, out, "docs")) == docs_before
 
