@@ -30,6 +30,10 @@ def screen(ctx, valid):
     if not (h.screen and backend(h)):
         return (valid.withColumn("harm", F.lit(None).cast("double")).withColumn("unsafe", F.lit(False))
                 .withColumn("screen_error", F.lit(None).cast("string")))
+    # spread the rows over the job's partitions first: after validation's shuffles, adaptive
+    # execution may have coalesced a small table into one task, which leaves one worker (one
+    # core, one GPU) screening every row; sorted by doc_id, so the batches are the same on rerun
+    valid = valid.repartition(ctx.partitions(), "doc_id").sortWithinPartitions("doc_id")
     scored = valid.withColumn("_s", ctx.udfs["screen"]("query", "response"))
     harm = F.col("_s.harm")
     unsafe = harm.isNull() | F.isnan(harm) | (harm >= F.lit(h.threshold))
