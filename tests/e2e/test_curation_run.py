@@ -51,7 +51,11 @@ def same_tables(spark, a, b):
 
 def test_tables_have_the_declared_schemas(spark, run):
     out = run.store.output.path
+    # removals is written by the first increment that removes a document (tests/jobs/test_increments.py)
+    assert not Path(out, "removals").exists()
     for name, schema in TABLES.items():
+        if name == "removals":
+            continue
         got = spark.read.format("delta").load(f"{out}/{name}").schema
         assert [(f.name, f.dataType) for f in got.fields] == [(f.name, f.dataType) for f in schema.fields], name
 

@@ -148,6 +148,10 @@ def test_a_delta_source_with_its_change_feed_appends_changes_and_deletes_through
     assert inc.loc[1, "source_rows"] == len(now) and inc.loc[1, "input_rows"] == 3  # n01, n02, g05 validated
     assert inc.loc[1, "source_version"] == 4 and inc.loc[1, "live_mix_rows"] == len(table(spark, out, "mix"))
     # every removal recorded, with the source version that no longer held the row
+    from cleancurate.schemas import REMOVALS
+
+    declared = [(f.name, f.dataType) for f in REMOVALS.fields]
+    assert [(f.name, f.dataType) for f in spark.read.format("delta").load(f"{out}/removals").schema.fields] == declared
     rem = table(spark, out, "removals").set_index("doc_id")
     assert rem.reason.to_dict() == {"g03": "deleted", "b01": "deleted", "g05": "changed"}
     assert (rem.source_version == 4).all() and (rem.increment == 1).all() and rem.removed_at.notna().all()
