@@ -407,6 +407,8 @@ def main(argv=None) -> None:
     ap.add_argument("--deleted-pct", type=float, default=0.5)
     ap.add_argument("--seed", type=int, default=7, help="RNG seed of the changed and deleted rows")
     ap.add_argument("--no-increment", action="store_true", help="full runs only")
+    ap.add_argument("--partial", default=None,
+                    help="also write the JSON measured so far to this file after each size (stdout gets it at the end)")
     ap.add_argument("--workdir", default=None, help="folder for the corpora and outputs (default: a new temp folder)")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.rows.split(",") if s.strip()]
@@ -436,6 +438,34 @@ def main(argv=None) -> None:
 
     per_size = {}
     increment = None
+
+    def result() -> dict:
+        return {
+            "benchmark": "incremental",
+            "inputs": {"sizes": sizes, "profile": "demo",
+                       "fraction": {k: v["fraction"] for k, v in per_size.items()},
+                       "corpus": "every exchange of data/real/hh-rlhf-multiturn (history pairs + last query with "
+                                 f"response_chosen): {len(ex)} exchanges, repeated with new ids, each text suffixed "
+                                 "' (#<row>)'",
+                       "cores": os.cpu_count(), "spark_master": master, "master_cores": master_cores,
+                       "encoder_rows": args.encoder_rows, "encoder_threads": enc_threads,
+                       "harm_backend": probe_cfg.harm.backend, "encoder": probe_cfg.metrics.embedder,
+                       "arrow_batch_rows": probe_cfg.runtime.arrow_batch_rows, "workdir": str(work),
+                       "same_process": True, "code": version},
+            "session_start_seconds": round(session_s, 2),
+            "sizes": per_size,
+            "increment": increment,
+            "targets": {"ratio_prep_to_encoder_at_20000": ">= 0.8", "increment_to_full_run": "<= 0.10"},
+            "seconds_total": round(time.perf_counter() - t_all, 1),
+            "environment": {**environment(), **env_start},
+        }
+
+    def checkpoint() -> None:  # what is measured so far, in case the process does not live to print it
+        if args.partial:
+            import json
+
+            Path(args.partial).write_text(json.dumps(result(), indent=2, default=str) + "\n", encoding="utf-8")
+
     for n in sizes:
         fraction = args.fraction if args.fraction is not None else round(15 / n, 6)
         src = str(work / f"corpus-{n}")
@@ -472,6 +502,7 @@ def main(argv=None) -> None:
             "check": check,
             "load_after_full_run": load_after_full,
         }
+        checkpoint()
         if n == max(sizes) and not args.no_increment:
             pct = {"new": args.new_pct, "changed": args.changed_pct, "deleted": args.deleted_pct}
             touched = change_source(spark, src, ex, n, pct, args.seed)
@@ -495,24 +526,8 @@ def main(argv=None) -> None:
                 "check": checked,
                 "accounting_ok": checked["accounting_ok"],
             }
-    emit({
-        "benchmark": "incremental",
-        "inputs": {"sizes": sizes, "profile": "demo", "fraction": {k: v["fraction"] for k, v in per_size.items()},
-                   "corpus": "every exchange of data/real/hh-rlhf-multiturn (history pairs + last query with "
-                             f"response_chosen): {len(ex)} exchanges, repeated with new ids, each text suffixed "
-                             "' (#<row>)'",
-                   "cores": os.cpu_count(), "spark_master": master, "master_cores": master_cores,
-                   "encoder_rows": args.encoder_rows, "encoder_threads": enc_threads,
-                   "harm_backend": probe_cfg.harm.backend, "encoder": probe_cfg.metrics.embedder,
-                   "arrow_batch_rows": probe_cfg.runtime.arrow_batch_rows, "workdir": str(work),
-                   "same_process": True, "code": version},
-        "session_start_seconds": round(session_s, 2),
-        "sizes": per_size,
-        "increment": increment,
-        "targets": {"ratio_prep_to_encoder_at_20000": ">= 0.8", "increment_to_full_run": "<= 0.10"},
-        "seconds_total": round(time.perf_counter() - t_all, 1),
-        "environment": {**environment(), **env_start},
-    })
+            checkpoint()
+    emit(result())
     spark.stop()
 
 
