@@ -49,7 +49,12 @@ For each size, in one process and one ``local[2]`` Spark session (the demo profi
 
 Machine load: the seconds are wall seconds of a shared machine; the ratios compare figures
 measured in the same process minutes apart, which is the most this allows. The JSON records
-the load average and Linux CPU pressure at the start and the end.
+the load average and Linux CPU pressure at the start and the end, and a view that load moves
+less: the CPU seconds this process's descendants used during preparation (Spark's Python
+workers and the JVM, from ``/proc``; workers that exit before ``prepared`` are missed), per
+input row, beside the in-process check's CPU seconds per row (``prep_worker_cpu_ms_per_row``,
+``prep_jvm_cpu_ms_per_row``, ``encoder_cpu_ms_per_row``). ``inputs.code`` names the commit
+the job's code was read from (and any job file that differed from it at the start).
 """
 
 from __future__ import annotations
