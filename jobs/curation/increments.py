@@ -35,9 +35,10 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 
 from cleancurate.config import ConfigError
+from cleancurate.jobs.curation.runrecord import utcnow
 from cleancurate.sources import SourceIdentity, change_feed
 
 PHASES = ("planned", "pruned", "prepared", "rounds", "complete")
@@ -49,10 +50,6 @@ class ConcurrentRunError(RuntimeError):
 
 class InputChangedError(ConfigError):
     """The source is not what the stored run read, and incremental mode is off."""
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 @dataclass
@@ -174,7 +171,7 @@ def prune(ctx, gone, identity: SourceIdentity) -> int:
     new = gone.select(F.lit(ctx.run_id).alias("run_id"), F.col("doc_key").alias("doc_id"), "reason",
                       F.lit(identity.location).alias("source"),
                       F.lit(identity.version).cast("long").alias("source_version"),
-                      F.lit(_now()).cast("timestamp").alias("removed_at"))
+                      F.lit(utcnow()).cast("timestamp").alias("removed_at"))
     if ctx.store.exists("removals"):
         before = ctx.read("removals").drop("increment")
         new = before.unionByName(new.join(before.select("doc_id"), "doc_id", "left_anti"))
@@ -218,7 +215,7 @@ def _alive(owner: str | None, heartbeat: datetime | None, stale_s: float, mine: 
             return False
         except PermissionError:
             return True
-    return heartbeat is not None and (_now() - heartbeat).total_seconds() < stale_s
+    return heartbeat is not None and (utcnow() - heartbeat).total_seconds() < stale_s
 
 
 class IncrementRecord:
@@ -266,7 +263,7 @@ class IncrementRecord:
                 f"another job is working on output {self.ctx.store.root}: increment {increment} of run "
                 f"{self.ctx.run_id} is held by {stored['owner']} (last heartbeat {stored.get('heartbeat_at')} UTC); "
                 "wait for it to finish, or stop it and rerun this command to resume")
-        now = _now()
+        now = utcnow()
         base = dict(stored) if stored is not None else {
             "run_id": self.ctx.run_id, "increment": increment, "status": "running", "phase": "planned",
             "last_complete_round": -1, "started_at": now}
@@ -294,7 +291,7 @@ class IncrementRecord:
     def mark(self, **fields) -> None:
         """Replace the row with ``fields`` changed (phase, rounds, counts, status)."""
         with self._lock:
-            self.row.update(fields, heartbeat_at=_now())
+            self.row.update(fields, heartbeat_at=utcnow())
             self._write()
 
     def _write(self) -> None:

@@ -17,7 +17,8 @@ from datetime import datetime, timezone
 from cleancurate.config import ConfigError
 
 
-def _now() -> datetime:
+def utcnow() -> datetime:
+    """Now in UTC, without a zone: what the tables' timestamp columns hold."""
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
@@ -90,14 +91,14 @@ class RunRecord:
         ctx = self.ctx
         if self.started_at is None:
             got = ctx.read("runs").select("started_at").collect() if ctx.store.exists("runs") else []
-            self.started_at = got[0].started_at if got else _now()
+            self.started_at = got[0].started_at if got else utcnow()
         row = Row(
             run_id=ctx.run_id, config_hash=ctx.hash, config_json=json.dumps(ctx.cfg.to_dict(), sort_keys=True),
             model=ctx.cfg.model.name, objective=ctx.cfg.curation.objective, status=status,
             last_complete_round=last_round, input_rows=counts.get("input_rows"),
             valid_rows=counts.get("valid_rows"), selected_rows=counts.get("selected_rows"),
             curated_rows=counts.get("curated_rows"), quarantined_rows=counts.get("quarantined_rows"),
-            mix_rows=counts.get("mix_rows"), started_at=self.started_at, updated_at=_now(),
+            mix_rows=counts.get("mix_rows"), started_at=self.started_at, updated_at=utcnow(),
             increment=ctx.increment, source_json=source.to_json() if source is not None else None,
         )
         # one row per run, replaced whole: idempotent like every other write, and cheaper than MERGE

@@ -46,8 +46,7 @@ from cleancurate.jobs.curation.rounds import generate, rank, round0, round_stats
 from cleancurate.jobs.curation.increments import (
     IncrementRecord, InputChangedError, plan, prune, read_changes, vacuum, work_rows,
 )
-from cleancurate.jobs.curation.runrecord import RunRecord
-from cleancurate.jobs.curation.runrecord import _now as _utcnow
+from cleancurate.jobs.curation.runrecord import RunRecord, utcnow
 from cleancurate.sources import SourceIdentity, identify, read_at
 from cleancurate.tables import TableStore
 
@@ -306,7 +305,7 @@ class CurationJob:
         self.counts = self._step("finalize", self._finalize, self.counts)
         whole = account_output(self.ctx, None, source_rows=self.increments.row.get("source_rows"))
         self.increments.mark(phase="complete", status="complete", owner=None, last_complete_round=R,
-                             finished_at=_utcnow(),
+                             finished_at=utcnow(),
                              seconds=time.time() - t_start, curated_rows=self.counts["curated_rows"],
                              quarantined_rows=self.counts["quarantined_rows"], mix_rows=self.counts["mix_rows"],
                              live_mix_rows=whole["mix_rows"])
