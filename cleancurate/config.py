@@ -198,6 +198,11 @@ def _coerce(path: str, typ: Any, value: Any) -> Any:
             raise ConfigError(f"{path} must be an integer, got {value!r}")
         return value
     if typ is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-05 (no dot) as text: take it as the number it spells
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path} must be a number, got {value!r}")
         return float(value)

@@ -189,6 +189,26 @@ def stats_row(run_id: str, r: int, agg: dict, rejects: dict, seconds: float) -> 
     }
 
 
+#: the tables the rounds write, with their partition columns
+ROUND_TABLES = {"candidates": ["run_id", "round"], "rounds": ["run_id", "round"], "round_stats": None}
+
+
+def ensure_round_tables(ctx) -> list[str]:
+    """Create, empty, the round tables that do not exist yet; return their names.
+
+    An increment that selects no document runs no round, yet readers (finalize, the
+    report, a user's query) expect every output table to exist after a complete run.
+    """
+    from cleancurate.schemas import TABLES
+
+    made = []
+    for name, partition_by in ROUND_TABLES.items():
+        if not ctx.store.exists(name):
+            ctx.write(ctx.spark.createDataFrame([], TABLES[name]), name, partition_by=partition_by)
+            made.append(name)
+    return made
+
+
 def round_stats(ctx, r: int, seconds: float) -> dict:
     """Write ``round_stats[r]`` from ``rounds[r]`` and return the row."""
     from pyspark.sql import functions as F

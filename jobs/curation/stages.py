@@ -42,7 +42,7 @@ from cleancurate.jobs.curation.accounting import AccountingError, account, accou
 from cleancurate.jobs.curation.context import RunContext
 from cleancurate.jobs.curation.finalize import finalize
 from cleancurate.jobs.curation.prepare import prepare
-from cleancurate.jobs.curation.rounds import generate, rank, round0, round_stats
+from cleancurate.jobs.curation.rounds import ensure_round_tables, generate, rank, round0, round_stats
 from cleancurate.jobs.curation.increments import (
     IncrementRecord, InputChangedError, plan, prune, read_changes, vacuum, work_rows,
 )
@@ -221,6 +221,8 @@ class CurationJob:
         return stats
 
     def _finalize(self, counts: dict) -> dict:
+        if counts["selected_rows"] == 0:  # no round ran: the round tables may not exist yet
+            ensure_round_tables(self.ctx)
         finalize(self.ctx)
         return account(self.ctx, counts)
 

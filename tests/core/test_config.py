@@ -50,6 +50,15 @@ def test_bad_values_are_clear_errors(override, message):
         C.load("demo", [override])
 
 
+def test_exponent_numbers_are_numbers_in_overrides_and_files(tmp_path):
+    # YAML 1.1 reads 1e-05 (no dot) as text; a float key takes it as the number it spells
+    assert C.load("demo", ["selection.fraction=1e-05"]).selection.fraction == 1e-05
+    f = tmp_path / "small.yaml"
+    f.write_text("extends: demo\nselection:\n  fraction: 2e-3\n")
+    assert C.load(str(f)).selection.fraction == 0.002
+    assert C.load("demo", ["selection.fraction=1e-05"]).hash == C.load("demo", ["selection.fraction=0.00001"]).hash
+
+
 def test_maximize_needs_fluency_and_safety_checks():
     with pytest.raises(ConfigError, match="ppl_ceiling_ratio"):
         C.load("demo", ["curation.objective=maximize"])

@@ -206,3 +206,31 @@ def test_maximize_with_fakes_never_keeps_the_original_and_the_flag_action_keeps_
     assert curate.detail.iloc[0] == "candidates tried: 3; rejected by rule: lost_content:2, duplicate:1"  # the 1.0 revision repeats the original
     check_beams_and_picks(tb, Objective("maximize"), res.config.curation.beam_size)
     assert res.counts["quarantined_by_stage"] == {"validate": len(jobdata.BAD), "round0": 2, "curate": 1}
+
+
+def test_a_first_run_that_selects_no_document_completes_with_every_table(spark, tmp_path):
+    """selection.fraction so small that no document is selected: no round runs, yet the run
+    completes, every output table exists (the round tables empty) and the report builds."""
+    from cleancurate.jobs.curation.report import build_report
+    from cleancurate.jobs.curation.stages import CurationJob
+    from cleancurate.schemas import TABLES
+
+    src = write_input(spark, str(tmp_path / "in.parquet"))
+    cfg = fake_config(src, str(tmp_path / "out")).with_overrides(["selection.fraction=1e-05"])
+    events = []
+    res = CurationJob(cfg, spark=spark, udfs=fake_udfs(), progress=events.append).run()
+    assert res.complete and not any(e["event"] == "round_start" for e in events)
+    c = res.counts
+    assert (c["selected_rows"], c["curated_rows"]) == (0, 0)
+    assert c["quarantined_by_stage"] == {"validate": len(jobdata.BAD), "screen": 2}
+    assert c["input_rows"] == c["mix_rows"] + len(jobdata.BAD) + 2  # rows in = rows out + rows quarantined
+    for name in ("rounds", "candidates", "round_stats"):
+        table = spark.read.format("delta").load(f"{tmp_path}/out/{name}")
+        assert table.count() == 0 and table.schema.fieldNames() == TABLES[name].fieldNames(), name
+    mix = spark.read.format("delta").load(f"{tmp_path}/out/mix").toPandas()
+    assert len(mix) == c["mix_rows"] and set(mix.source) == {"original"}
+    page = build_report(res, timings={})
+    assert res.run_id in open(page, encoding="utf-8").read()  # the report of this run, built from empty round tables
+    # a rerun over the unchanged source returns the stored result
+    again = CurationJob(cfg, spark=spark, udfs=fake_udfs()).run()
+    assert again.run_id == res.run_id and again.counts["mix_rows"] == c["mix_rows"]
