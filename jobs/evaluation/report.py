@@ -9,7 +9,9 @@ Buckle Up's defence (no defence A, before, during B, after) and a table lists wh
 each mix trained on, phase by phase, in order. Example answers of a seeded
 sample of prompts follow, one table per prompt with a row per mix. Model output is
 data: it is escaped before it goes into the markdown. Without matplotlib the
-markdown is written without the charts and says so.
+markdown is written without the charts and says so. The same text is written as a page
+for a browser, ``evaluation.html`` beside the charts, and ``evaluation-standalone.html``
+with the charts inlined (one file to mail or attach).
 """
 
 from __future__ import annotations
@@ -202,20 +204,30 @@ def _examples(answers: pd.DataFrame, n: int, seed: int) -> list[str]:
     return out
 
 
-def build_eval_report(result, folder: str | None = None) -> str | None:
-    """Write ``evaluation.md`` (and the charts) for an evaluation; returns the markdown's path.
+def build_eval_report(result, folder: str | None = None, standalone: bool = True) -> str | None:
+    """Write ``evaluation.md`` (and the charts, and the same as a page: ``evaluation.html`` and, with
+    ``standalone``, ``evaluation-standalone.html`` with the charts inlined) for an evaluation; returns the
+    markdown's path.
 
     ``folder`` defaults to ``evaluation.report_dir`` or ``<output.path>/report``; an output in
     object storage (``scheme://``) without a local ``report_dir`` gets no report.
     """
     cfg = result.config
-    ev_cfg = cfg.evaluation
-    target = folder or ev_cfg.report_dir or f"{cfg.output.path.rstrip('/')}/report"
+    target = folder or cfg.evaluation.report_dir or f"{cfg.output.path.rstrip('/')}/report"
     if "://" in target:
         return None
-    out = Path(target)
-    out.mkdir(parents=True, exist_ok=True)
     data = report_data(result.store, result.eval_run_id)
+    return str(write_eval_report(data, Path(target), cfg, result.eval_run_id, result.curation_run_id, standalone))
+
+
+def write_eval_report(data: dict, out: Path, cfg, eval_run_id: str, curation_run_id: str,
+                      standalone: bool = True) -> Path:
+    """``evaluation.md``, its charts and its HTML pages in ``out`` from :func:`report_data`'s frames and the
+    evaluation's configuration; returns the markdown's path."""
+    from cleancurate.jobs.reporting import markdown_html, page, slug, write_pages
+
+    ev_cfg = cfg.evaluation
+    out.mkdir(parents=True, exist_ok=True)
     ev, mixes, answers = data["evaluation"], data["mixes"], data["answers"]
     conf = int(round(100 * ev_cfg.confidence))
     try:
@@ -225,12 +237,12 @@ def build_eval_report(result, folder: str | None = None) -> str | None:
     except ImportError:
         charts, chart_note = {}, "*matplotlib is not installed: the charts were skipped.*\n"
     lines = [
-        f"# Evaluation {result.eval_run_id}",
+        f"# Evaluation {eval_run_id}",
         "",
-        f"Does training on the curated data make a model safer? Curation run `{result.curation_run_id}`, "
+        f"Does training on the curated data make a model safer? Curation run `{curation_run_id}`, "
         f"model `{cfg.model.name}`, fine-tuning `{ev_cfg.method}` (AdamW, lr {ev_cfg.learning_rate:g}, batch "
         f"{ev_cfg.batch_size}, {ev_cfg.epochs} epoch(s)" + (f", at most {ev_cfg.max_steps} steps" if ev_cfg.max_steps
-                                                          else "") + f"), evaluation hash `{result.eval_run_id[5:]}`.",
+                                                          else "") + f"), evaluation hash `{eval_run_id[5:]}`.",
         "",
         "## Mixes",
         "",
@@ -275,6 +287,9 @@ def build_eval_report(result, folder: str | None = None) -> str | None:
         lines += [chart_note]
     lines += ["## Example answers side by side", ""]
     lines += _examples(answers, ev_cfg.report_examples, ev_cfg.seed)
+    text = "\n".join(lines) + "\n"
     path = out / "evaluation.md"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return str(path)
+    path.write_text(text, encoding="utf-8")
+    sections = [(slug(h[3:]), h[3:].split(" (")[0]) for h in lines if h.startswith("## ")]
+    write_pages(page(f"Evaluation {eval_run_id}", [markdown_html(text)], sections), out, "evaluation", standalone)
+    return path
