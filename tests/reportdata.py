@@ -54,8 +54,6 @@ def curation_data(revised: bool = True, increments: int = 2) -> dict:
     kept = pd.DataFrame([{"doc_id": d, "query": q, "kept_reason": k, "rejections": rej}
                          for d, q, k, rej, imp in zip(docs, query, kept_reason, rejections, improved) if not imp],
                         columns=["doc_id", "query", "kept_reason", "rejections"])
-    outcome = ["revised" if imp else f"kept original: {k}" for imp, k in zip(improved, kept_reason)]
-    outcomes = pd.Series(outcome).value_counts().rename_axis("outcome").reset_index(name="count")
     stats = pd.DataFrame({
         "run_id": run.run_id, "increment": 0, "round": [0, 1, 2], "docs_active": [6, 6, 4],
         "candidates": [6, 24, 16], "passed": [6, 3 + n_imp, 2], "in_beam": [6, 12, 8], "docs_converged": [0, 2, 4],
@@ -84,7 +82,7 @@ def curation_data(revised: bool = True, increments: int = 2) -> dict:
         "run": run, "run_id": run.run_id,
         "ppl": pd.DataFrame({"doc_id": docs, "ppl_original": ppl_o, "ppl_curated": ppl_c, "improved": improved}),
         "gate": gate, "median": pd.DataFrame({"round": [0, 1, 2], "median_ppl": [22.0, 21.5, 20.9]}),
-        "stats": stats, "examples": examples, "quarantine": quarantine, "reader": reader, "outcomes": outcomes,
+        "stats": stats, "examples": examples, "quarantine": quarantine, "reader": reader,
         "kept": kept, "screened": 2, "screen_scored": 37, "screen_out": screen_out, "increments": inc,
         "throughput": {"seconds": secs, "selected_docs_per_s": 6 / secs, "tokens_per_s": 8800 / secs,
                        "gen_tokens": 4000, "scored_tokens": 4800},

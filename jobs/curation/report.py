@@ -49,9 +49,6 @@ def report_data(spark, out: str, run_id: str | None = None, reader_sample: int =
               .select("doc_id", "query", "response_original", "response_curated", "retention", "harm_original",
                       "harm_curated", "similarity", "ppl_original", "ppl_curated", "best_round", "rejections")
               .limit(reader_sample).toPandas())
-    outcomes = (curated.select(F.when(F.col("improved"), F.lit("revised"))
-                               .otherwise(F.concat(F.lit("kept original: "), F.col("kept_reason"))).alias("outcome"))
-                .groupBy("outcome").count().orderBy(F.desc("count")).toPandas())
     kept = (curated.where("NOT improved").select("doc_id", "query", "kept_reason", "rejections")
             .orderBy("doc_id").toPandas())
     docs = t("docs").where(where)
@@ -65,7 +62,7 @@ def report_data(spark, out: str, run_id: str | None = None, reader_sample: int =
     tokens = int(stats.gen_tokens.sum() + stats.scored_tokens.sum()) if len(stats) else 0
     return {
         "run": run, "run_id": run_id, "ppl": ppl, "gate": gate, "median": median, "stats": stats,
-        "examples": top, "quarantine": quarantine, "reader": reader, "outcomes": outcomes, "kept": kept,
+        "examples": top, "quarantine": quarantine, "reader": reader, "kept": kept,
         "screened": screened, "screen_scored": int(screen["scored"] or 0), "screen_out": screen_out,
         "increments": increments,
         "throughput": {
@@ -102,12 +99,21 @@ def write_report(data: dict, folder: Path, timings: dict | None = None, standalo
     return render(data, folder, timings, standalone)
 
 
-def build_report(result, timings: dict | None = None, standalone: bool = True) -> str | None:
-    """Report for a finished run, written to ``<output>/report`` (folder outputs only)."""
+def standalone_default(config) -> bool:
+    """``report.standalone`` of ``config``: write the self-contained copy of each page (true where the
+    configuration has no such key)."""
+    return bool(getattr(config.report, "standalone", True))
+
+
+def build_report(result, timings: dict | None = None, standalone: bool | None = None) -> str | None:
+    """Report for a finished run, written to ``<output>/report`` (folder outputs only); ``standalone``
+    (default ``report.standalone``) also writes ``report-standalone.html``."""
     if result.store.catalog:
         return None
     out = result.store.output.path
     data = report_data(result.store.spark, out, result.run_id, examples=result.config.report.examples)
+    if standalone is None:
+        standalone = standalone_default(result.config)
     return str(write_report(data, Path(out) / "report", timings, standalone))
 
 

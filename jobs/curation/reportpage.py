@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cleancurate.jobs.curation.objective import NO_REVISION_PASSED, ONLY_NEAR_COPIES, ORIGINAL_RANKED_BEST
 from cleancurate.jobs.reporting import clip, empty, esc, integer_axis, page, table, write_pages
 
 #: every figure the report may draw, in page order; one not drawn this time is removed from the folder
@@ -21,9 +22,9 @@ FIGURES = ("docs_active_per_round", "time_per_round", "median_ppl_per_round", "g
 
 #: ``curated.kept_reason`` in words
 KEPT_TEXT = {
-    "no_revision_passed_gate": "no revision passed the gate",
-    "only_near_copies": "the only revisions close to it were near-copies of the original",
-    "original_ranked_best": "the original ranked above every revision that passed",
+    NO_REVISION_PASSED: "no revision passed the gate",
+    ONLY_NEAR_COPIES: "the only revisions close to it were near-copies of the original",
+    ORIGINAL_RANKED_BEST: "the original ranked above every revision that passed",
 }
 
 SECTIONS = (("reader", "What a reader gets"), ("health", "Run health"), ("increments", "Increments"),
@@ -148,14 +149,15 @@ def _quarantined(data: dict, *stages: str) -> int:
 
 
 def outcome_rows(data: dict) -> list[tuple[str, int, str]]:
-    """Where the run's rows went: ``(what, rows, kind)``, kind ``""`` for a total, ``"sub"`` for a part."""
+    """Where the run's rows went: ``(what, rows, kind)``, kind ``"total"`` for a total, ``"sub"`` for a part of
+    the total above it."""
     run = data["run"]
     kept = data["kept"]
     rows = [("input rows", int(run.input_rows or 0), "total"),
             ("quarantined at validation (unusable rows)", _quarantined(data, "validate"), "sub")]
     screened_out = _quarantined(data, "screen")
     rows.append(("kept out by the safety screen", screened_out, "sub"))
-    flagged = int(data["screened"]) - int(data.get("screened_quarantined", screened_out))
+    flagged = int(data["screened"]) - screened_out  # harm.screen_action: flag keeps them in the mix
     if flagged > 0:
         rows.append(("flagged unsafe by the screen, left in the mix with safety_flag", flagged, "sub"))
     rows.append(("rows in the training mix (mix)", int(run.mix_rows or 0), "sub"))
@@ -231,13 +233,14 @@ def reader_section(data: dict) -> list[str]:
                      + ".</p>")
         shown = out.assign(query=out["query"].map(lambda q: clip(q, 200)),
                            response=out["response"].map(lambda q: clip(q, 300)))
-        parts.append(table(shown, {"doc_id": "document", "harm": "harm score", "query": "query",
-                                   "response": "original response", "screen_error": "screen error"},
-                           raw=("query", "response")))
-    elif not data.get("screen_scored", 1):
+        headers = {"doc_id": "document", "harm": "harm score", "query": "query", "response": "original response"}
+        if shown.screen_error.notna().any():
+            headers["screen_error"] = "why it could not be scored"
+        parts.append(table(shown, headers, raw=("query", "response")))
+    elif not data["screen_scored"]:
         parts.append(empty("The safety screen scored no original in this run (screen off, or no valid row)."))
     else:
-        parts.append(empty(f"The safety screen flagged none of the {int(data.get('screen_scored', 0))} originals "
+        parts.append(empty(f"The safety screen flagged none of the {int(data['screen_scored'])} originals "
                            "it scored."))
     parts.append("<h3>Rows that could not be used (quarantine)</h3>")
     q = data["quarantine"]

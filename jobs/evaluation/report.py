@@ -204,10 +204,10 @@ def _examples(answers: pd.DataFrame, n: int, seed: int) -> list[str]:
     return out
 
 
-def build_eval_report(result, folder: str | None = None, standalone: bool = True) -> str | None:
+def build_eval_report(result, folder: str | None = None, standalone: bool | None = None) -> str | None:
     """Write ``evaluation.md`` (and the charts, and the same as a page: ``evaluation.html`` and, with
-    ``standalone``, ``evaluation-standalone.html`` with the charts inlined) for an evaluation; returns the
-    markdown's path.
+    ``standalone`` (default ``report.standalone``), ``evaluation-standalone.html`` with the charts inlined)
+    for an evaluation; returns the markdown's path.
 
     ``folder`` defaults to ``evaluation.report_dir`` or ``<output.path>/report``; an output in
     object storage (``scheme://``) without a local ``report_dir`` gets no report.
@@ -217,6 +217,10 @@ def build_eval_report(result, folder: str | None = None, standalone: bool = True
     if "://" in target:
         return None
     data = report_data(result.store, result.eval_run_id)
+    if standalone is None:
+        from cleancurate.jobs.curation.report import standalone_default
+
+        standalone = standalone_default(cfg)
     return str(write_eval_report(data, Path(target), cfg, result.eval_run_id, result.curation_run_id, standalone))
 
 

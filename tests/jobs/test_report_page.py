@@ -188,3 +188,13 @@ def test_the_evaluation_page_is_its_markdown_with_the_charts(tmp_path):
     alone = (tmp_path / "evaluation-standalone.html").read_text(encoding="utf-8")
     assert alone.count("<img src='data:image/png;base64,") == 3
 
+
+
+def test_report_standalone_decides_the_self_contained_copy():
+    from types import SimpleNamespace
+
+    from cleancurate import config as C
+    from cleancurate.jobs.curation.report import standalone_default
+
+    assert standalone_default(C.load("demo")) is True  # on unless report.standalone says otherwise
+    assert standalone_default(SimpleNamespace(report=SimpleNamespace(standalone=False))) is False
