@@ -105,6 +105,50 @@ class TableStore:
             writer.save(self.location(name))
 
 
+    def lease_path(self, name: str, key: str) -> str:
+        """A small file inside table ``name``'s folder (``<table>/_lease/<key>``) for liveness notes.
+
+        Delta ignores (and VACUUM keeps) paths under a folder whose name starts with ``_``.
+        """
+        loc = self.location(name)
+        if self.catalog:
+            loc = self.spark.sql(f"DESCRIBE DETAIL {loc}").collect()[0]["location"]
+        return f"{loc.rstrip('/')}/_lease/{key}"
+
+    def _private_fs(self, path: str):
+        """(Hadoop Path, a FileSystem of its own): its checksum settings touch no one else's."""
+        jvm = self.spark._jvm
+        p = jvm.org.apache.hadoop.fs.Path(path)
+        return p, jvm.org.apache.hadoop.fs.FileSystem.newInstance(p.toUri(), self.spark._jsc.hadoopConfiguration())
+
+    def put_text(self, path: str, text: str) -> None:
+        """Write ``path`` (any Hadoop file system: local, s3a, abfss, dbfs) from the driver: no Spark task."""
+        p, fs = self._private_fs(path)
+        try:
+            fs.setWriteChecksum(False)  # no .crc beside it on local disks: the note is tiny and rewritten often
+            out = fs.create(p, True)
+            try:
+                out.write(bytearray(text.encode("utf-8")))
+            finally:
+                out.close()
+        finally:
+            fs.close()
+
+    def get_text(self, path: str) -> str | None:
+        """The text of ``path``, or None when it does not exist (read from the driver)."""
+        p, fs = self._private_fs(path)
+        try:
+            fs.setVerifyChecksum(False)
+            if not fs.exists(p):
+                return None
+            stream = fs.open(p)
+            try:
+                return self.spark._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
+            finally:
+                stream.close()
+        finally:
+            fs.close()
+
     def table(self, name: str):
         """The Delta table ``name`` (:class:`delta.tables.DeltaTable`), for deletes and VACUUM."""
         from delta.tables import DeltaTable

@@ -29,6 +29,7 @@ while the owner is alive.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -200,8 +201,8 @@ def vacuum(ctx, retention_hours: float) -> None:
 
 
 # ------------------------------------------------------------------ the increment's row
-def _alive(owner: str | None, heartbeat: datetime | None, stale_s: float, mine: str) -> bool:
-    """Whether the job named ``owner`` is still working: same host, its process exists; elsewhere, a fresh heartbeat."""
+def _alive(owner: str | None, beat: datetime | None, stale_s: float, mine: str) -> bool:
+    """Whether the job named ``owner`` is still working: same host, its process exists; elsewhere, a fresh beat."""
     if not owner or owner == mine:
         return False
     host, pid, _token = (owner.split(":") + ["", ""])[:3]
@@ -215,15 +216,19 @@ def _alive(owner: str | None, heartbeat: datetime | None, stale_s: float, mine: 
             return False
         except PermissionError:
             return True
-    return heartbeat is not None and (utcnow() - heartbeat).total_seconds() < stale_s
+    return beat is not None and (utcnow() - beat).total_seconds() < stale_s
 
 
 class IncrementRecord:
     """This increment's row of ``increments``: claimed once, then marked after every committed step.
 
-    While the job works, a daemon thread refreshes ``heartbeat_at`` every
-    ``runtime.heartbeat_seconds``; another job treats the owner as alive while its process
-    exists (same host) or its heartbeat is younger than five intervals (another host).
+    While the job works, a daemon thread writes a lease every ``runtime.heartbeat_seconds``:
+    a small JSON file (owner, time) inside the ``increments`` table's folder
+    (``increments/_lease/<run_id>``), written from the driver through Hadoop's file system,
+    so a beat never waits for a task slot behind a long model stage (a Delta commit would).
+    Another job treats the owner as alive while its process exists (same host) or its
+    latest beat (the lease's, else the row's ``heartbeat_at``) is younger than five
+    intervals (another host).
     """
 
     def __init__(self, ctx):
@@ -257,11 +262,11 @@ class IncrementRecord:
 
     def claim(self, increment: int, identity: SourceIdentity, stored: dict | None) -> dict:
         """Take ``increment`` for this job (a new row, or the stored one of a job that stopped)."""
-        if stored is not None and _alive(stored.get("owner"), stored.get("heartbeat_at"), 5 * self.interval,
-                                         self.owner):
+        beat = self.last_beat(stored) if stored is not None else None
+        if stored is not None and _alive(stored.get("owner"), beat, 5 * self.interval, self.owner):
             raise ConcurrentRunError(
                 f"another job is working on output {self.ctx.store.root}: increment {increment} of run "
-                f"{self.ctx.run_id} is held by {stored['owner']} (last heartbeat {stored.get('heartbeat_at')} UTC); "
+                f"{self.ctx.run_id} is held by {stored['owner']} (last heartbeat {beat} UTC); "
                 "wait for it to finish, or stop it and rerun this command to resume")
         now = utcnow()
         base = dict(stored) if stored is not None else {
@@ -280,8 +285,30 @@ class IncrementRecord:
         if got is None or got.get("owner") != self.owner:
             raise ConcurrentRunError(f"another job ({got and got.get('owner')}) claimed output "
                                      f"{self.ctx.store.root} at the same moment; rerun once it has finished")
+        self._beat()
         self._start_heartbeat()
         return self.row
+
+    @property
+    def lease(self) -> str:
+        return self.ctx.store.lease_path("increments", self.ctx.run_id)
+
+    def last_beat(self, stored: dict) -> datetime | None:
+        """The latest sign of life of ``stored``'s owner: its lease's time, else the row's ``heartbeat_at``."""
+        beat = stored.get("heartbeat_at")
+        try:
+            note = json.loads(self.ctx.store.get_text(self.lease) or "{}")
+        except Exception:  # noqa: BLE001 - an unreadable lease is no sign of life
+            note = {}
+        if note.get("owner") == stored.get("owner") and note.get("at"):
+            at = datetime.fromisoformat(note["at"])
+            beat = at if beat is None or at > beat else beat
+        return beat
+
+    def _beat(self) -> None:
+        """Write the lease: this owner, now (UTC, the clock ``heartbeat_at`` uses)."""
+        note = {"owner": self.owner, "increment": self.row["increment"], "at": utcnow().isoformat()}
+        self.ctx.store.put_text(self.lease, json.dumps(note))
 
     @staticmethod
     def _identity(identity: SourceIdentity) -> dict:
@@ -307,8 +334,8 @@ class IncrementRecord:
         def beat():
             while not self._stop.wait(self.interval):
                 try:
-                    self.mark()
-                except Exception:  # noqa: BLE001 - a missed beat only makes the row look older
+                    self._beat()
+                except Exception:  # noqa: BLE001 - a missed beat only makes the lease look older
                     pass
 
         self._stop.clear()

@@ -16,6 +16,7 @@ source (doc_ids, ``source`` and text), and its accounting is checked from the ta
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -23,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cleancurate.jobs.curation.runrecord import utcnow
 from tests import jobdata
 from tests.jobs.test_curation_fakes import SCREENED, fake_config, fake_udfs
 
@@ -138,12 +140,22 @@ def test_a_delta_source_with_its_change_feed_appends_changes_and_deletes_through
     finally:
         holder.kill()
         holder.wait()
-    # ... then the same command finishes it from round 1, the owner being gone
+    # ... held from another host: its row's heartbeat is old (a Delta commit waits behind long
+    # stages) but its lease, written from the driver, is fresh: still refused
+    lease = tmp_path / "out" / "increments" / "_lease" / stopped.run_id
+    DeltaTable.forPath(spark, f"{out}/increments").update(
+        "increment = 1", {"owner": "'elsewhere:1:test'", "heartbeat_at": "timestamp'2000-01-01 00:00:00'"})
+    lease.write_text(json.dumps({"owner": "elsewhere:1:test", "at": utcnow().isoformat()}))
+    with pytest.raises(ConcurrentRunError, match="held by elsewhere:1:test"):
+        run(spark, src, out, incremental=True)
+    # ... then the same command finishes it from round 1, the owner's lease being stale
+    lease.write_text(json.dumps({"owner": "elsewhere:1:test", "at": "2000-01-01T00:00:00"}))
     done, events = run(spark, src, out, incremental=True)
     assert done.complete and done.increment == 1 and done.resumed_from_round == 0
     assert [e["round"] for e in events if e["event"] == "round_start"] == [1]
     inc = increments(spark, out)
     assert list(inc.index) == [0, 1] and inc.loc[1, "status"] == "complete" and pd.isna(inc.loc[1, "owner"])
+    assert json.loads(lease.read_text())["owner"].startswith(f"{os.uname().nodename}:{os.getpid()}:")  # the new owner's beat
     assert (inc.loc[1, "docs_new"], inc.loc[1, "docs_changed"], inc.loc[1, "docs_removed"]) == (2, 1, 2)
     assert inc.loc[1, "source_rows"] == len(now) and inc.loc[1, "input_rows"] == 3  # n01, n02, g05 validated
     assert inc.loc[1, "source_version"] == 4 and inc.loc[1, "live_mix_rows"] == len(table(spark, out, "mix"))
