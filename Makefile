@@ -10,6 +10,12 @@ STAMP := $(VENV)/.installed
 # torch's OpenMP threads spin while idle; on a few shared cores (Spark driver + Python
 # workers) that made generation many times slower. Passive waiting changes no result.
 export OMP_WAIT_POLICY ?= PASSIVE
+# llama-cpp-python (the local OpenAI-compatible server the tests run against) builds llama.cpp from
+# source once (uv caches the wheel). Portable AVX2 code, not -march=native: a native build uses AMX
+# tile instructions where the CPU lists them, which fault where the kernel does not grant them to the
+# process (seen on this project's CI machine). No multimodal library, no examples or tests.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+  -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
 
 .PHONY: demo test install bench clean wheel bytecode
 

@@ -1,4 +1,4 @@
-"""``cleancurate`` command line: curate, config show, sample, report, evaluate."""
+"""``cleancurate`` command line: curate, config show, sample, report, evaluate, serve."""
 
 from __future__ import annotations
 
@@ -85,6 +85,7 @@ COMMANDS = {
     "sample": "build the sample corpus Parquet, or write it as Delta",
     "report": "rebuild the HTML report of an output folder",
     "evaluate": "fine-tune on mixes with/without curated texts and measure harm (see `cleancurate evaluate --help`)",
+    "serve": "serve the embedded model over an OpenAI-compatible API (llama.cpp, CPU) for model.backend server",
 }
 
 
@@ -113,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         from cleancurate.jobs.evaluate import main as evaluate_main
 
         return evaluate_main(rest)
+    if cmd == "serve":
+        from cleancurate.localserver import main as serve_main
+
+        return serve_main(rest)
     print(f"cleancurate: unknown command '{cmd}'; one of {sorted(COMMANDS)}", file=sys.stderr)
     return 2
 

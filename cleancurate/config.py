@@ -21,7 +21,7 @@ import yaml
 
 from cleancurate.configsections import (  # noqa: F401  (re-exported: cleancurate.config.GateConfig etc.)
     REFUSAL_KEYWORDS, CurationConfig, EvaluationConfig, GateConfig, HarmConfig, InputConfig, LimitsConfig,
-    MetricsConfig, ModelConfig, OutputConfig, ReportConfig, RuntimeConfig, SelectionConfig, SparkConfig,
+    MetricsConfig, ModelConfig, OutputConfig, ReportConfig, RuntimeConfig, SelectionConfig, ServerConfig, SparkConfig,
 )
 
 
@@ -38,6 +38,7 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
     curation: CurationConfig = field(default_factory=CurationConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     gate: GateConfig = field(default_factory=GateConfig)
@@ -72,6 +73,10 @@ class Config:
         d = self.to_dict()
         for key in ("output", "spark", "runtime", "report", "name", "evaluation"):
             d.pop(key, None)
+        if served_roles(self):  # the served models and the prompt rendering, not where or how fast
+            d["server"] = {k: d["server"][k] for k in ("model", "tokenizer", "tokenizers", "top_logprobs")}
+        else:
+            d.pop("server")
         if d["harm"]["backend"] == "head":  # the guard's settings change nothing then
             for key in ("backend", "guard_model", "guard_format", "guard_spec"):
                 d["harm"].pop(key)
@@ -93,6 +98,16 @@ class Config:
         if keys & {"harm.backend", "harm.guard_format", "harm.head_file"}:  # another check: its thresholds
             raw["harm"].update({k: None for k in ("threshold", "gate_threshold") if f"harm.{k}" not in keys})
         return from_dict(raw, base_dir=None, resolve_prompts=False)
+
+
+def served_roles(cfg: "Config") -> list[str]:
+    """Which of the run's models are served (the ``server`` section): ``rewrite``, ``guard``, ``judge``."""
+    roles = ["rewrite"] if cfg.model.backend == "server" else []
+    if cfg.harm.backend == "guard" and (cfg.harm.guard_model or "").startswith("server:"):
+        roles.append("guard")
+    if cfg.metrics.helpfulness == "judge" and (cfg.metrics.judge_model or "").startswith("server:"):
+        roles.append("judge")
+    return roles
 
 
 #: (section, field) filled from a file at load time -> the keys that name the file
@@ -261,7 +276,27 @@ def _validate(cfg: Config) -> None:
         (cfg.input.text_column is None or cfg.input.split_pattern is not None,
          "input.split_pattern (a regex with two groups: query, response) is required with input.text_column"),
         (bool(cfg.output.path) or bool(cfg.output.table_prefix), "output.path or output.table_prefix is required"),
+        (cfg.server.in_flight >= 1, "server.in_flight must be >= 1"),
+        (cfg.server.timeout_seconds > 0, "server.timeout_seconds must be > 0"),
+        (cfg.server.retries >= 0 and cfg.server.backoff_seconds >= 0, "server.retries and server.backoff_seconds must be >= 0"),
     ]
+    roles = served_roles(cfg)
+    if roles:
+        checks += [
+            (bool(cfg.server.urls), f"served models ({', '.join(roles)}) need server.urls (e.g. [http://localhost:8000/v1])"),
+            (cfg.server.top_logprobs >= 2, "server.top_logprobs must be >= 2"),
+        ]
+        for role, spec in (("guard", cfg.harm.guard_model), ("judge", cfg.metrics.judge_model)):
+            name = (spec or "")[len("server:"):]
+            if role in roles:
+                checks.append((name in cfg.server.tokenizers,
+                               f"the served {role} {name!r} needs server.tokenizers.{name}: its tokenizer's model spec"))
+    if cfg.model.backend == "server":
+        checks += [
+            (all(u.startswith(("http://", "https://")) for u in cfg.server.urls),
+             f"server.urls must be http:// or https:// URLs, got {list(cfg.server.urls)}"),
+            (bool(cfg.server.model), "model.backend server needs server.model: the served model's name"),
+        ]
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)

@@ -64,8 +64,41 @@ class ModelConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     allow_network: bool = False  # hub access at load time; off means offline mode is enforced
     max_context: int | None = None  # None: the model's own context length
-    backend: Literal["transformers", "vllm"] = "transformers"  # generation only
+    # generation only: transformers (in-process), vllm (in-process engine), server (the `server` section's)
+    backend: Literal["transformers", "vllm", "server"] = "transformers"
     memory_gb: float | None = None  # executor memory to check the model against before the run
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """An OpenAI-compatible inference server (vLLM, SGLang, llama.cpp, a model serving endpoint).
+
+    Used by ``model.backend: server`` (generation), and by a judge or guard whose model spec
+    is ``server:<served name>``. Only the served names and tokenizers (``model``,
+    ``tokenizer``, ``tokenizers``, ``top_logprobs``) are part of the config hash: where the
+    server is and how it is called change how fast, not what.
+    The API key is never a key here: ``api_key_env`` names the environment variable holding it.
+    """
+
+    # base URLs ending in /v1; several spread the documents over them; http://localhost:8000/v1 reaches the
+    # server on each executor's own node
+    urls: tuple[str, ...] = ()
+    model: str | None = None  # the served model's name, as GET <url>/models lists it
+    # render prompts on the client with this model spec's tokenizer and chat template (the prompt tokens equal
+    # the in-process backend's); null: model.name's; "server": the server renders them (the chat API)
+    tokenizer: str | None = None
+    api_key_env: str | None = None  # the environment variable holding the API key, on the driver and executors
+    in_flight: int = 4  # requests in flight per Spark task
+    timeout_seconds: float = 120.0  # per request
+    retries: int = 4  # retries of a request answered 429/5xx or not answered, with exponential backoff
+    backoff_seconds: float = 1.0  # the first retry's wait; each further one doubles it
+    # a served judge or guard (metrics.judge_model / harm.guard_model "server:<name>"): <name> -> the model spec
+    # of its tokenizer, which renders its prompts and finds its answer tokens (a folder; no weights are read)
+    tokenizers: dict[str, str] = field(default_factory=dict)
+    top_logprobs: int = 20  # next-token log-probabilities asked of a served judge or guard (vLLM allows 20)
+    # before the run, ask each URL for its models (GET /models) and stop unless it serves the configured names;
+    # off: a one-token completion per served name checks instead (for endpoints that list no models)
+    list_models: bool = True
 
 
 @dataclass(frozen=True)
@@ -208,6 +241,7 @@ class ReportConfig:
 
     enabled: bool = True
     examples: int = 5  # rows in the report's table of the largest perplexity drops
+    standalone: bool = True  # also write report-standalone.html / evaluation-standalone.html, figures inlined
 
 
 #: refusal phrases in the style of the published keyword lists (GCG's "test prefixes", Zou et al. 2023):

@@ -304,6 +304,26 @@ def load(cfg, role: str) -> LoadedModel:
     return get_model(s.spec, s.kind, s.device, s.dtype, s.allow_network, s.num_threads)
 
 
+_TOKENIZERS: dict = {}
+
+
+def load_tokenizer(spec: str, allow_network: bool = False):
+    """The worker's cached tokenizer of ``spec`` alone (no weights): the served backends render prompts with it."""
+    with _LOCK:
+        if spec not in _TOKENIZERS:
+            _offline_env(allow_network)
+            path, _ = resolve(spec)
+            from transformers import AutoTokenizer
+
+            try:
+                _TOKENIZERS[spec] = AutoTokenizer.from_pretrained(path, trust_remote_code=False,
+                                                                  local_files_only=not allow_network)
+            except OSError as exc:
+                raise ModelError(f"cannot load the tokenizer of '{spec}' offline ({exc.__class__.__name__}: {exc}); "
+                                 "name a local directory that holds it") from exc
+        return _TOKENIZERS[spec]
+
+
 def clear_cache() -> None:
     """Drop every cached model of this process (tests, notebooks)."""
     with _LOCK:

@@ -20,6 +20,7 @@ import pandas as pd
 from cleancurate.engine.harm import backend as harm_backend
 from cleancurate.engine.harm import load_guard
 from cleancurate.engine.scorer import score_candidates
+from cleancurate.engine.served import load_or_serve
 from cleancurate.schemas.udf import SCORES as RETURN_TYPE  # noqa: F401  (the Spark type of the batch function)
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ def make_scorer(cfg: Config, strip: bool) -> Callable[..., pd.DataFrame]:
     from cleancurate.models import load
 
     lm, enc = load(cfg, "lm"), load(cfg, "encoder")
-    judge = load(cfg, "judge") if cfg.metrics.helpfulness == "judge" else None
+    judge = load_or_serve(cfg, "judge") if cfg.metrics.helpfulness == "judge" else None
     guard = load_guard(cfg) if harm_backend(cfg.harm) == "guard" else None
 
     def fn(queries: pd.Series, texts: pd.Series, originals: pd.Series) -> pd.DataFrame:

@@ -71,10 +71,11 @@ def guard_format(harm: HarmConfig):
 
 def load_guard(cfg: Config):
     """The worker's guard model (``harm.guard_model``), loaded once and cached like every model:
-    on the task's GPU in bf16 where supported, never downloaded (``model.allow_network``)."""
-    from cleancurate.models import load
+    on the task's GPU in bf16 where supported, never downloaded (``model.allow_network``); or, for
+    ``server:<name>``, the served guard (:class:`~cleancurate.engine.served.ServedModel`)."""
+    from cleancurate.engine.served import load_or_serve
 
-    return load(cfg, "guard")
+    return load_or_serve(cfg, "guard")
 
 
 def preflight(cfg: Config) -> None:
@@ -83,9 +84,14 @@ def preflight(cfg: Config) -> None:
     from transformers import AutoConfig, AutoTokenizer
 
     from cleancurate.engine.guard import check_format, context_length
-    from cleancurate.models import ModelError, resolve
+    from cleancurate.engine.served import served_name
+    from cleancurate.models import ModelError, load_tokenizer, resolve
 
     spec = cfg.harm.guard_model
+    if served_name(spec):  # the server holds the model: its tokenizer must work with the format
+        tokenizer = load_tokenizer(cfg.server.tokenizers[served_name(spec)], cfg.model.allow_network)
+        check_format(guard_format(cfg.harm), tokenizer, 10 ** 9)  # a prompt over the server's context is a row error
+        return
     path, _ = resolve(spec)
     opts = dict(trust_remote_code=False, local_files_only=not cfg.model.allow_network)
     try:
@@ -127,7 +133,13 @@ def check_batch(harm: HarmConfig, runtime: RuntimeConfig, encoder, guard, querie
                          "harm.guard_model (harm.backend guard)")
     from cleancurate.batching import resolve_score_compile
     from cleancurate.engine.guard import guard_batch
+    from cleancurate.engine.served import ServedModel
 
+    if isinstance(guard, ServedModel):
+        from cleancurate.engine.served_scoring import guard_batch_served
+
+        return guard_batch_served(guard.client, guard.tokenizer, guard_format(harm), list(queries), list(responses),
+                                  guard.top_logprobs)
     return guard_batch(guard.model, guard.tokenizer, guard_format(harm), list(queries), list(responses),
                        token_budget=guard_budget(guard.model, runtime.token_budget, beside),
                        compile=resolve_score_compile(guard.model, runtime.score_compile))

@@ -21,6 +21,8 @@ from cleancurate.engine.embedding import embed_scores_batch
 from cleancurate.engine.harm import backend as harm_backend
 from cleancurate.engine.harm import check_batch, harm_head
 from cleancurate.engine.judge import judge_batch
+from cleancurate.engine.served import ServedModel
+from cleancurate.engine.served_scoring import judge_batch_served
 from cleancurate.engine.perplexity import retention_batch, score_batch
 from cleancurate.gate import GateSettings, needs
 from cleancurate.schemas.candidate import SCORE_NAMES
@@ -74,7 +76,9 @@ def score_candidates(
                            m.helpful_anchor, m.unhelpful_anchor,
                            harm_head=harm_head(cfg.harm) if kind == "head" else None)
     if kind == "guard":  # the head reads the embeddings above; the guard model is a pass of its own
-        others = {id(x.model): x.model for x in (lm, encoder, judge) if x is not None and x.model is not guard.model}
+        gm = getattr(guard, "model", None)  # a served guard holds no weights here
+        others = {id(x.model): x.model for x in (lm, encoder, judge)
+                  if getattr(x, "model", None) is not None and x.model is not gm}
         h = check_batch(cfg.harm, r, encoder, guard, queries, clean, beside=list(others.values()))
         e["harm"] = h["harm"].to_numpy()
         e["error"] = _first_error(e["error"], h["error"]).to_numpy()
@@ -93,7 +97,11 @@ def score_candidates(
                                    [originals[i] for i in todo], **score_kw)
             ret.loc[todo, "retention"] = part["retention"].to_numpy()
             ret.loc[todo, "error"] = part["error"].to_numpy()
-    if judge is not None:
+    if isinstance(judge, ServedModel):
+        j = judge_batch_served(judge.client, judge.tokenizer, queries, clean, template=m.judge_prompt,
+                               rubrics=m.judge_rubrics, min_digit_mass=m.judge_min_digit_mass, k=judge.top_logprobs)
+        helpfulness, judge_err = j["helpfulness"], j["error"]
+    elif judge is not None:
         j = judge_batch(judge.model, judge.tokenizer, queries, clean, template=m.judge_prompt,
                         rubrics=m.judge_rubrics, min_digit_mass=m.judge_min_digit_mass,
                         token_budget=max(resolve_scoring_budget(judge.model, r.token_budget), 2048))

@@ -100,9 +100,8 @@ def write_report(data: dict, folder: Path, timings: dict | None = None, standalo
 
 
 def standalone_default(config) -> bool:
-    """``report.standalone`` of ``config``: write the self-contained copy of each page (true where the
-    configuration has no such key)."""
-    return bool(getattr(config.report, "standalone", True))
+    """``report.standalone`` of ``config``: write the self-contained copy of each page."""
+    return bool(config.report.standalone)
 
 
 def build_report(result, timings: dict | None = None, standalone: bool | None = None) -> str | None:

@@ -142,6 +142,7 @@ class CurationJob:
         self.stop_after_round = stop_after_round
         self.store = TableStore(self.spark, cfg.output)
         self.hash = cfg.hash
+        self._udfs_given = udfs is not None
         self.ctx = RunContext(cfg, self.spark, self.store, self.hash, udfs if udfs is not None else ModelUdfs(cfg))
         self.record = RunRecord(self.ctx)
         self.increments = IncrementRecord(self.ctx)
@@ -268,6 +269,12 @@ class CurationJob:
         resumed = stored["last_complete_round"] if stored is not None else None
         self._emit("start", config_hash=self.hash, increment=k, resume_after_round=resumed,
                    source=identity.describe())
+        if not self._udfs_given:
+            from cleancurate.engine.served import preflight, served_names
+
+            names = served_names(self.cfg)
+            if names:  # a server that is down or serves other models: stop before any commit
+                preflight(self.cfg.server, names)
         row = self.increments.claim(k, identity, stored)
         try:
             return self._work(identity, previous, row, t_start, resumed)
