@@ -1,7 +1,7 @@
 """Generation through an OpenAI-compatible server vs the in-process backend, same rows, same cores.
 
     .venv/bin/python -m bench.served [--docs 8] [--max-new-tokens 64] [--in-flight 1,4,16]
-                                     [--threads 2] [--url URL --model NAME]
+                                     [--threads 2] [--url URL --model NAME [--config PROFILE]]
 
 Rows: ``docs`` sample documents x the demo profile's (temperature, top_p) grid (2 x 2),
 prompts rendered with the embedded tokenizer and the demo revision instruction, one
@@ -11,9 +11,11 @@ seed per row: what a round of ``make demo`` asks the rewrite UDF.
 embedded model dequantized, ``runtime.gen_batch_size`` 16, ``threads`` torch threads).
 *Served*: :func:`cleancurate.engine.served.generate_batch_served` with 1, 4 and 16
 requests in flight. Without ``--url`` the benchmark starts llama.cpp's server on the
-embedded GGUF (``cleancurate serve``, ``threads`` threads) and stops it afterwards; with
-``--url`` (e.g. ``vllm serve`` on a GPU node) it measures that server, and the
-in-process run uses the GPU when there is one.
+embedded GGUF (``cleancurate serve --no-logprobs``, ``threads`` threads; ``--logprobs`` keeps
+every prompt token's logits, as a served judge or guard needs) and stops it afterwards; with
+``--url`` (e.g. ``vllm serve`` on a GPU node) it measures that server; give ``--config`` a
+profile whose ``model.name`` is the served model's folder, so the prompts are its own and the
+in-process run (on the GPU when there is one) is the same model.
 
 Prints one JSON object: per run the wall seconds, generated tokens, tokens/s and its
 ratio to the in-process run. The in-process and served texts differ (different sampler
@@ -56,12 +58,15 @@ def _free_port() -> int:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default="demo", help="profile whose model.name renders the prompts and runs in-process")
     ap.add_argument("--docs", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--in-flight", default="1,4,16")
     ap.add_argument("--threads", type=int, default=2, help="torch threads in-process, and the local server's threads")
     ap.add_argument("--url", default=None, help="a running server's base URL (.../v1); default: start llama.cpp's")
     ap.add_argument("--model", default=None, help="the served model's name (with --url)")
+    ap.add_argument("--logprobs", action="store_true",
+                    help="start the local server with log-probabilities on (as a served judge or guard needs)")
     args = ap.parse_args(argv)
     out = begin()
     set_threads(args.threads)
@@ -72,12 +77,13 @@ def main(argv=None) -> int:
     from cleancurate.localserver import SERVED_NAME, start
     from cleancurate.models import get_model
 
-    cfg = C.load("demo")
+    cfg = C.load(args.config)
     lm = get_model(cfg.model.name, device="auto")
     prompts, temps, top_ps, seeds = _rows(lm.tokenizer, cfg, args.docs)
     out["inputs"] = {"docs": args.docs, "rows": len(prompts), "max_new_tokens": args.max_new_tokens,
                      "grid": [list(cfg.curation.temperatures), list(cfg.curation.top_ps)], "threads": args.threads,
-                     "server": args.url or "llama.cpp (llama-cpp-python[server]) on the embedded GGUF, CPU"}
+                     "server": args.url or "llama.cpp (llama-cpp-python[server]) on the embedded GGUF, CPU",
+                     "local_server_logprobs": args.logprobs if args.url is None else None}
     out["environment"] = environment()
 
     t0 = time.perf_counter()
@@ -91,7 +97,7 @@ def main(argv=None) -> int:
     proc = None
     url, model = args.url, args.model
     if url is None:
-        proc, url = start(_free_port(), threads=args.threads)
+        proc, url = start(_free_port(), threads=args.threads, logprobs=args.logprobs)
         model = SERVED_NAME
     try:
         stops = stop_strings(lm.tokenizer)
