@@ -42,7 +42,8 @@ demo: bytecode
 
 test: bytecode
 	@# pytest exits 5 when it collects no tests: that is a failure here
-	$(BIN)/python -m pytest tests -q -p no:cacheprovider; rc=$$?; \
+	@# the 30 slowest tests are listed at the end, so every CI log shows where the suite's time goes
+	$(BIN)/python -m pytest tests -q -p no:cacheprovider --durations=30; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc
 
 bench: $(STAMP)
