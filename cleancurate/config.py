@@ -100,13 +100,23 @@ class Config:
         return from_dict(raw, base_dir=None, resolve_prompts=False)
 
 
-def served_roles(cfg: "Config") -> list[str]:
-    """Which of the run's models are served (the ``server`` section): ``rewrite``, ``guard``, ``judge``."""
-    roles = ["rewrite"] if cfg.model.backend == "server" else []
-    if cfg.harm.backend == "guard" and (cfg.harm.guard_model or "").startswith("server:"):
-        roles.append("guard")
-    if cfg.metrics.helpfulness == "judge" and (cfg.metrics.judge_model or "").startswith("server:"):
-        roles.append("judge")
+#: a model spec naming a served model (``harm.guard_model``, ``metrics.judge_model``): ``server:<served name>``
+SERVED_PREFIX = "server:"
+
+
+def served_name(spec: str | None) -> str | None:
+    """The served model's name of a ``server:<name>`` spec, else None."""
+    return spec[len(SERVED_PREFIX):] if spec and spec.startswith(SERVED_PREFIX) else None
+
+
+def served_roles(cfg: "Config") -> dict[str, str | None]:
+    """The run's served models (the ``server`` section), role -> served name: ``rewrite`` (``server.model``),
+    ``guard`` and ``judge`` (their ``server:<name>`` specs), in that order."""
+    roles = {"rewrite": cfg.server.model} if cfg.model.backend == "server" else {}
+    if cfg.harm.backend == "guard" and served_name(cfg.harm.guard_model):
+        roles["guard"] = served_name(cfg.harm.guard_model)
+    if cfg.metrics.helpfulness == "judge" and served_name(cfg.metrics.judge_model):
+        roles["judge"] = served_name(cfg.metrics.judge_model)
     return roles
 
 
@@ -284,19 +294,17 @@ def _validate(cfg: Config) -> None:
     if roles:
         checks += [
             (bool(cfg.server.urls), f"served models ({', '.join(roles)}) need server.urls (e.g. [http://localhost:8000/v1])"),
+            (all(u.startswith(("http://", "https://")) for u in cfg.server.urls),
+             f"server.urls must be http:// or https:// URLs, got {list(cfg.server.urls)}"),
             (cfg.server.top_logprobs >= 2, "server.top_logprobs must be >= 2"),
         ]
-        for role, spec in (("guard", cfg.harm.guard_model), ("judge", cfg.metrics.judge_model)):
-            name = (spec or "")[len("server:"):]
+        for role in ("guard", "judge"):
             if role in roles:
+                name = roles[role]
                 checks.append((name in cfg.server.tokenizers,
                                f"the served {role} {name!r} needs server.tokenizers.{name}: its tokenizer's model spec"))
     if cfg.model.backend == "server":
-        checks += [
-            (all(u.startswith(("http://", "https://")) for u in cfg.server.urls),
-             f"server.urls must be http:// or https:// URLs, got {list(cfg.server.urls)}"),
-            (bool(cfg.server.model), "model.backend server needs server.model: the served model's name"),
-        ]
+        checks.append((bool(cfg.server.model), "model.backend server needs server.model: the served model's name"))
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)

@@ -38,12 +38,14 @@ def user_message(instruction: str, query: str, response: str) -> str:
     )
 
 
+def chat_messages(user: str, system: str | None = None) -> list[dict]:
+    """A single-turn chat as messages: the system prompt if any, then the user's."""
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+
+
 def chat_prompt(tokenizer, user: str, system: str | None = None) -> str:
     """Render a single-turn chat with the model's own template, ready for generation."""
-    messages = []
-    if system:
-        messages.append({"role": "system", "content": system})
-    messages.append({"role": "user", "content": user})
+    messages = chat_messages(user, system)
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     head = f"{system}\n\n" if system else ""

@@ -21,7 +21,7 @@ from cleancurate.engine.generate import generate_batch
 from cleancurate.engine.prompting import build_prompts, stop_token_ids
 from cleancurate.engine.served import SERVER_RENDERS, ServerClient, generate_batch_served, stop_strings
 from cleancurate.engine.vllm_backend import generate_batch_vllm, vllm_engine
-from cleancurate.prompts import user_message
+from cleancurate.prompts import chat_messages, user_message
 from cleancurate.schemas.udf import GENERATION as RETURN_TYPE  # noqa: F401  (the Spark type of the batch function)
 
 if TYPE_CHECKING:
@@ -67,8 +67,7 @@ def _make_served_fn(cfg: Config) -> Callable[..., pd.DataFrame]:
     def prompts(queries: pd.Series, parents: pd.Series) -> list:
         if tokenizer is not None:
             return _prompts(tokenizer, cur, queries, parents)
-        system = [{"role": "system", "content": cur.system_prompt}] if cur.system_prompt else []
-        return [system + [{"role": "user", "content": user_message(cur.prompt, q, t)}]
+        return [chat_messages(user_message(cur.prompt, q, t), cur.system_prompt)
                 for q, t in zip(queries.fillna("").tolist(), parents.fillna("").tolist())]
 
     def fn(queries: pd.Series, parents: pd.Series, temps: pd.Series, top_ps: pd.Series, seeds: pd.Series) -> pd.DataFrame:

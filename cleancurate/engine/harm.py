@@ -84,7 +84,7 @@ def preflight(cfg: Config) -> None:
     from transformers import AutoConfig, AutoTokenizer
 
     from cleancurate.engine.guard import check_format, context_length
-    from cleancurate.engine.served import served_name
+    from cleancurate.config import served_name
     from cleancurate.models import ModelError, load_tokenizer, resolve
 
     spec = cfg.harm.guard_model

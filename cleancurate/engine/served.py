@@ -39,11 +39,12 @@ import urllib.error
 import urllib.request
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Sequence
 
 import pandas as pd
 
+from cleancurate.config import served_name
 from cleancurate.schemas.udf import GENERATION_COLUMNS
 from cleancurate.textrules import trim_unfinished
 
@@ -148,18 +149,25 @@ class ServerClient:
             return list(pool.map(fn, items, range(len(items))))
 
     # ---------------------------------------------------------------- calls
+    def probe(self, url: str, model: str | None = None) -> "ServerClient":
+        """This client narrowed to ``url`` (and ``model``), one request at a time, no retry: start-up checks."""
+        return replace(self, urls=(url,), model=model or self.model, in_flight=1, retries=0)
+
     def models(self, url: str) -> list[str]:
         """The model names ``url`` serves (``GET /models``)."""
-        got = ServerClient((url,), self.model, 1, self.timeout, 0, self.backoff, self.api_key).request("/models")
+        got = self.probe(url).request("/models")
         return [m.get("id") for m in got.get("data", []) if isinstance(m, dict)]
 
-    def complete(self, prompt: str, key: int = 0, **params) -> dict:
+    # a prompt picks its URL by its hash: a document's candidates share one prompt, so one server and its prefix cache
+    def complete(self, prompt: str, **params) -> dict:
         """The first choice of a ``/completions`` request (``text``, ``finish_reason``, ``logprobs``) and ``usage``."""
+        key = zlib.crc32(prompt.encode("utf-8"))
         out = self.request("/completions", {"model": self.model, "prompt": prompt, **params}, key)
         return _first_choice(out)
 
-    def chat(self, messages: list[dict], key: int = 0, **params) -> dict:
+    def chat(self, messages: list[dict], **params) -> dict:
         """The first choice of a ``/chat/completions`` request, its message's text as ``text``."""
+        key = zlib.crc32(json.dumps(messages).encode("utf-8"))
         out = self.request("/chat/completions", {"model": self.model, "messages": messages, **params}, key)
         choice = _first_choice(out)
         choice["text"] = (choice.get("message") or {}).get("content") or ""
@@ -189,9 +197,8 @@ def preflight(server: ServerConfig, names: Sequence[str] | None = None) -> None:
     for url in client.urls:
         if not server.list_models:  # an endpoint that lists no models: each name must answer one token
             for name in wanted:
-                probe = ServerClient((url,), name, 1, client.timeout, 0, client.backoff, client.api_key)
                 try:
-                    probe.complete("Hello", max_tokens=1)
+                    client.probe(url, name).complete("Hello", max_tokens=1)
                 except (ServerError, RequestError) as exc:
                     raise ServerError(f"served models: {name!r} at {url}: {exc}") from None
             continue
@@ -203,15 +210,6 @@ def preflight(server: ServerConfig, names: Sequence[str] | None = None) -> None:
             if name not in served:
                 raise ServerError(f"served models: {url} serves {served or 'no model'}, not {name!r}; "
                                   "set server.model (or the server:<name> spec) to the served name")
-
-
-#: a model spec naming a served model (``harm.guard_model``, ``metrics.judge_model``): ``server:<served name>``
-SERVED_PREFIX = "server:"
-
-
-def served_name(spec: str | None) -> str | None:
-    """The served model's name of a ``server:<name>`` spec, else None."""
-    return spec[len(SERVED_PREFIX):] if spec and spec.startswith(SERVED_PREFIX) else None
 
 
 @dataclass(frozen=True)
@@ -226,8 +224,6 @@ class ServedModel:
 def served_model(cfg: Config, spec: str) -> ServedModel:
     """The :class:`ServedModel` of a ``server:<name>`` spec: the ``server`` section's URLs and key, that name,
     and the tokenizer ``server.tokenizers[<name>]`` names (loaded alone, no weights)."""
-    from dataclasses import replace
-
     from cleancurate.models import ModelError, load_tokenizer
 
     name = served_name(spec)
@@ -250,12 +246,9 @@ def load_or_serve(cfg: Config, role: str):
 
 def served_names(cfg: Config) -> list[str]:
     """Every served model name a run calls: the generation model's, the guard's, the judge's."""
-    names = [cfg.server.model] if cfg.model.backend == "server" else []
-    if cfg.harm.backend == "guard":
-        names.append(served_name(cfg.harm.guard_model))
-    if cfg.metrics.helpfulness == "judge":
-        names.append(served_name(cfg.metrics.judge_model))
-    return list(dict.fromkeys(n for n in names if n))
+    from cleancurate.config import served_roles
+
+    return list(dict.fromkeys(n for n in served_roles(cfg).values() if n))
 
 
 # ------------------------------------------------------------------ generation
@@ -286,9 +279,8 @@ def generate_batch_served(client: ServerClient, prompts: Sequence, temps: Sequen
         params = dict(max_tokens=int(max_new_tokens), temperature=float(temps[i]), top_p=float(top_ps[i]),
                       seed=int(seeds[i]) % (2 ** 31), stop=list(stops) or None)
         p = prompts[i]
-        key = zlib.crc32((p if isinstance(p, str) else json.dumps(p)).encode("utf-8"))  # a document's candidates: one URL
         try:
-            got = client.complete(p, key=key, **params) if isinstance(p, str) else client.chat(p, key=key, **params)
+            got = client.complete(p, **params) if isinstance(p, str) else client.chat(p, **params)
         except RequestError as exc:
             return None, 0, str(exc)[:300]
         finish = got.get("finish_reason")

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import zlib
 from typing import Sequence
 
 import pandas as pd
@@ -40,9 +39,8 @@ from cleancurate.schemas.udf import SCREEN_COLUMNS
 def next_token_logprobs(client: ServerClient, prompts: Sequence[str], k: int) -> list[dict | str]:
     """The ``k`` most likely next tokens after each prompt, ``{token text: log-probability}``, or an error string."""
     def one(i: int, _pos: int):
-        key = zlib.crc32(prompts[i].encode("utf-8"))
         try:
-            got = client.complete(prompts[i], key=key, max_tokens=1, temperature=0.0, logprobs=int(k), seed=0)
+            got = client.complete(prompts[i], max_tokens=1, temperature=0.0, logprobs=int(k), seed=0)
         except RequestError as exc:
             return str(exc)[:300]
         top = (got.get("logprobs") or {}).get("top_logprobs") or []

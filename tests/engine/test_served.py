@@ -186,6 +186,9 @@ def test_server_settings_outside_the_served_model_leave_the_hash_alone():
         C.load("demo", ["model.backend=server", "server.urls=[http://a:8000/v1]"])
     with pytest.raises(C.ConfigError, match="server.urls must be http"):
         C.load("demo", ["model.backend=server", "server.urls=[a:8000]", "server.model=m"])
+    with pytest.raises(C.ConfigError, match="server.urls must be http"):  # a served guard alone is checked the same
+        C.load("demo", ["harm.backend=guard", "harm.guard_model=server:g", "server.urls=[a:8000]",
+                        "server.tokenizers={g: embedded:smollm2-135m}"])
 
 
 def test_verdict_scores_from_top_logprobs_and_a_missing_verdict_at_its_bound():
