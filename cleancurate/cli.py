@@ -17,6 +17,8 @@ def _config_show(argv: list[str]) -> int:
     p.add_argument("--config", "-c", default="demo")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--evaluation", action="store_true", help="also print the evaluation section (cleancurate evaluate)")
+    p.add_argument("--all", action="store_true",
+                   help="every section: evaluation, and server where no model is served")
     p.add_argument("--json", action="store_true", help="JSON instead of YAML")
     args = p.parse_args(argv)
     try:
@@ -25,13 +27,20 @@ def _config_show(argv: list[str]) -> int:
     except config_mod.ConfigError as exc:
         print(f"cleancurate: error: {exc}", file=sys.stderr)
         return 2
-    d = cfg.user_dict(evaluation=args.evaluation)
+    d = cfg.user_dict(evaluation=args.evaluation or args.all)
     if args.json:
         print(json.dumps({"config_hash": cfg.hash, "config": d}, indent=2))
         return 0
+    hidden = []
+    if not (args.all or config_mod.served_roles(cfg) or any(k.startswith("server.") for k in given)):
+        d.pop("server")  # read only by served models
+        hidden.append("server (no model is served)")
+    if "evaluation" not in d:
+        hidden.append("evaluation (--evaluation)")
     print(f"# config_hash: {cfg.hash}")
     for line in _yaml_lines(d, given):
         print(line)
+    print(f"# not shown: {', '.join(hidden)}; --all shows every section")
     return 0
 
 

@@ -505,9 +505,7 @@ def from_dict(raw: dict[str, Any], base_dir: Path | None = None, resolve_prompts
 
 
 #: keys that are no longer read, and what to do instead
-RETIRED = {
-    ("report", "mlflow"): "nothing reads it yet (MLflow tracking is planned); remove it from the profile",
-}
+RETIRED: dict[tuple[str, str], str] = {}
 
 
 def _drop_retired(raw: dict[str, Any]) -> None:

@@ -242,6 +242,11 @@ class ReportConfig:
     enabled: bool = True
     examples: int = 5  # rows in the report's table of the largest perplexity drops
     standalone: bool = True  # also write report-standalone.html / evaluation-standalone.html, figures inlined
+    # MLflow tracking (cleancurate.tracking): auto logs where MLflow is installed and a tracking URI is set
+    # (MLFLOW_TRACKING_URI, mlflow_tracking_uri, or Databricks); true requires MLflow; false never logs
+    mlflow: Literal["auto", True, False] = "auto"
+    mlflow_experiment: str | None = None  # experiment name (Databricks: a workspace path); None: MLflow's default
+    mlflow_tracking_uri: str | None = None  # None: MLflow's own (MLFLOW_TRACKING_URI, the Databricks workspace)
 
 
 #: refusal phrases in the style of the published keyword lists (GCG's "test prefixes", Zou et al. 2023):

@@ -97,6 +97,9 @@ def main(argv=None) -> int:
                         incremental=args.incremental)
         options.print_outcome(f"run {result.run_id}", f"tables in {result.store.location('')}", result.complete,
                               result.report_path)
+        if result.mlflow_run_id:
+            print(f"MLflow run {result.mlflow_run_id} (experiment {cfg.report.mlflow_experiment or 'default'}, "
+                  f"tag cleancurate.run_id={result.run_id})")
         return 0
 
     return options.run_job(run, (ConfigError, InputError, ConcurrentRunError), (AccountingError,))

@@ -155,6 +155,7 @@ RUNS = StructType([
     _s("updated_at", TimestampType()),
     _s("increment", IntegerType()),  # the latest increment
     _s("source_json", StringType()),  # what the latest increment read (cleancurate.sources.SourceIdentity)
+    _s("mlflow_run_id", StringType()),  # the latest increment's MLflow run (report.mlflow); null when not tracked
 ])
 
 #: one row per increment of a run: what it read, what changed, how far it got, who runs it

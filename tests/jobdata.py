@@ -12,7 +12,8 @@ import yaml
 SMALL_DATA_CONF = {"spark.sql.shuffle.partitions": "1", "spark.sql.adaptive.enabled": "false",
                    "spark.databricks.delta.stats.collect": "false", "spark.ui.enabled": "false",
                    "spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN",
-                   "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1"}
+                   "spark.databricks.delta.snapshotPartitions": "1",
+                   "spark.driver.extraJavaOptions": "-XX:ReservedCodeCacheSize=256m"}
 
 GOOD = [
     ("g01", "How do I keep basil alive indoors?",

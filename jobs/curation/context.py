@@ -33,6 +33,7 @@ class RunContext:
             needs it, so the real mapping builds them on first use; tests pass fakes.
         run_id: this run's id, set once the run record is resolved.
         increment: the increment of the run being worked on (0: the first, full one).
+        mlflow_run_id: the increment's MLflow run, when it is tracked (kept in ``runs``).
     """
 
     cfg: Config
@@ -42,6 +43,7 @@ class RunContext:
     udfs: Mapping[str, object]
     run_id: str = ""
     increment: int = 0
+    mlflow_run_id: str | None = None
 
     @property
     def objective(self) -> Objective:

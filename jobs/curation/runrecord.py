@@ -100,6 +100,7 @@ class RunRecord:
             curated_rows=counts.get("curated_rows"), quarantined_rows=counts.get("quarantined_rows"),
             mix_rows=counts.get("mix_rows"), started_at=self.started_at, updated_at=utcnow(),
             increment=ctx.increment, source_json=source.to_json() if source is not None else None,
+            mlflow_run_id=ctx.mlflow_run_id,
         )
         # one row per run, replaced whole: idempotent like every other write, and cheaper than MERGE
         ctx.write(ctx.spark.createDataFrame([tuple(row[f.name] for f in RUNS.fields)], RUNS), "runs")

@@ -42,6 +42,7 @@ from cleancurate.jobs.curation.accounting import AccountingError, account, accou
 from cleancurate.jobs.curation.context import RunContext
 from cleancurate.jobs.curation.finalize import finalize
 from cleancurate.jobs.curation.prepare import prepare
+from cleancurate.jobs.curation import tracked
 from cleancurate.jobs.curation.rounds import ensure_round_tables, generate, rank, round0, round_stats
 from cleancurate.jobs.curation.increments import (
     IncrementRecord, InputChangedError, plan, prune, read_changes, vacuum, work_rows,
@@ -49,6 +50,7 @@ from cleancurate.jobs.curation.increments import (
 from cleancurate.jobs.curation.runrecord import RunRecord, utcnow
 from cleancurate.sources import SourceIdentity, identify, read_at
 from cleancurate.tables import TableStore
+from cleancurate.tracking import Tracker, wanted
 
 ProgressFn = Callable[[dict], None]
 
@@ -65,6 +67,7 @@ class CurationResult:
     resumed_from_round: int | None = None
     report_path: str | None = None
     increment: int = 0
+    mlflow_run_id: str | None = None  # the increment's MLflow run (report.mlflow), None when not tracked
 
     def table(self, name: str):
         """One output table (this run's rows) as a DataFrame."""
@@ -146,6 +149,7 @@ class CurationJob:
         self.ctx = RunContext(cfg, self.spark, self.store, self.hash, udfs if udfs is not None else ModelUdfs(cfg))
         self.record = RunRecord(self.ctx)
         self.increments = IncrementRecord(self.ctx)
+        self.tracker = Tracker(cfg.report, "curation")  # off until the run starts one (jobs.curation.tracked)
         self.timings: dict[str, float] = {}
         self.counts: dict = {}
 
@@ -219,6 +223,7 @@ class CurationJob:
         self.record.mark(self.counts, r, "running")
         self.increments.mark(phase="rounds", last_complete_round=r)
         self._emit("round_committed", **{k: v for k, v in stats.items() if k != "run_id"})
+        tracked.log_round(self.tracker, stats)
         return stats
 
     def _finalize(self, counts: dict) -> dict:
@@ -248,6 +253,7 @@ class CurationJob:
         """Run the job: finish an increment that was cut short, else start the next one the source asks for."""
         t_start = time.time()
         self.spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(self.cfg.runtime.arrow_batch_rows))
+        wanted(self.cfg.report)  # report.mlflow: true without MLflow stops here, before any work
         self.ctx.run_id, _, stored_run = self.record.resolve(self.new_run)
         identity = identify(self.spark, self.cfg.input, self.source, self.source_id)
         try:
@@ -276,10 +282,18 @@ class CurationJob:
             if names:  # a server that is down or serves other models: stop before any commit
                 preflight(self.cfg.server, names)
         row = self.increments.claim(k, identity, stored)
+        self.tracker = tracked.start(self.ctx, stored_run, identity)
         try:
-            return self._work(identity, previous, row, t_start, resumed)
+            result = self._work(identity, previous, row, t_start, resumed)
+        except BaseException:
+            self.tracker.end("FAILED")
+            raise
         finally:
             self.increments.release()
+        result.mlflow_run_id = self.ctx.mlflow_run_id if self.tracker.active else None
+        if not result.complete:
+            self.tracker.end("KILLED")  # stopped after a round: the rerun resumes this MLflow run
+        return result
 
     def _work(self, identity, previous, row, t_start, resumed) -> CurationResult:
         R = self.cfg.curation.rounds
@@ -321,6 +335,7 @@ class CurationJob:
         self.counts = {**whole, "increment": self.counts}
         self.record.mark(self.counts, R, "complete", identity)
         self.counts["seconds"] = time.time() - t_start
+        tracked.log_complete(self.tracker, self.counts, self.counts["seconds"])
         self._emit("complete", **{key: v for key, v in self.counts.items()
                                   if key not in ("quarantined_by_stage", "increment")})
         return CurationResult(self.run_id, self.cfg, self.store, self.counts, True, resumed, increment=k)
@@ -361,13 +376,18 @@ def curate(source, config: Config | str, spark=None, new_run: bool = False, over
         df = source
     job = CurationJob(cfg, spark=spark, source=df, new_run=new_run, progress=progress, stop_after_round=stop_after_round,
                       incremental=incremental, source_id=source_id)
-    result = job.run()
-    if report and result.complete and cfg.report.enabled:
-        try:
-            from cleancurate.jobs.curation.report import build_report
-        except ImportError:  # report module is optional at this layer
-            build_report = None
-        if build_report is not None:
-            result.report_path = build_report(result, timings=job.timings)
+    return publish(job, job.run(), report)
+
+
+def publish(job: CurationJob, result: CurationResult, report: bool = True) -> CurationResult:
+    """After a complete run: write its report (``report`` and ``report.enabled``), then attach the
+    report and the resolved config to the increment's MLflow run and end it (when tracked)."""
+    if not result.complete:
+        return result
+    if report and result.config.report.enabled:
+        from cleancurate.jobs.curation.report import build_report
+
+        result.report_path = build_report(result, timings=job.timings)
+    tracked.log_report(job.tracker, result.config, result.report_path)
     return result
 

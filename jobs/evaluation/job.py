@@ -66,6 +66,7 @@ class EvaluationResult:
     complete: bool = True
     counts: dict = field(default_factory=dict)
     report_path: str | None = None
+    mlflow_run_id: str | None = None  # the evaluation's MLflow run (report.mlflow), None when not tracked
 
     def table(self, name: str):
         """One evaluation table (this evaluation's rows) as a DataFrame."""
@@ -409,4 +410,8 @@ def evaluate(config: Config | str, spark=None, overrides: list[str] | None = Non
         from cleancurate.jobs.evaluation.report import build_eval_report
 
         result.report_path = build_eval_report(result)
+    if result.complete:
+        from cleancurate.jobs.evaluation.tracked import log_evaluation
+
+        result.mlflow_run_id = log_evaluation(result)
     return result

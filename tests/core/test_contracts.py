@@ -210,10 +210,17 @@ def test_file_texts_are_kept_out_of_the_users_schema():
     assert swapped.curation.prompt != cfg.curation.prompt and "safety" in swapped.curation.prompt.lower()
 
 
-def test_a_retired_key_still_loads_with_a_message():
-    with pytest.warns(FutureWarning, match="report.mlflow is ignored"):
-        cfg = C.from_dict({**C.load("demo").user_dict(), "report": {"mlflow": True, "examples": 3}})
-    assert cfg.report.examples == 3 and not hasattr(cfg.report, "mlflow")
+def test_a_retired_key_still_loads_with_a_message(monkeypatch):
+    monkeypatch.setitem(C.RETIRED, ("report", "old_knob"), "nothing reads it; remove it from the profile")
+    with pytest.warns(FutureWarning, match="report.old_knob is ignored: nothing reads it"):
+        cfg = C.from_dict({**C.load("demo").user_dict(), "report": {"old_knob": True, "examples": 3}})
+    assert cfg.report.examples == 3 and not hasattr(cfg.report, "old_knob")
+    # report.mlflow, once retired, is read again (MLflow tracking): no warning
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        assert C.from_dict({**C.load("demo").user_dict(), "report": {"mlflow": False}}).report.mlflow is False
 
 
 def test_a_profile_extends_another(tmp_path):
@@ -250,4 +257,9 @@ def test_config_show_prints_what_a_user_set_and_the_defaults_in_under_120_lines(
     assert "  rounds: 2  # set" in lines and "  stop_tolerance: 0.0" in lines
     assert "  temperatures: [0.6, 1.0]  # set" in lines
     assert not any(line.startswith("evaluation:") for line in lines)  # --evaluation shows it
+    assert not any(line.startswith("server:") for line in lines)  # the demo serves no model
+    assert lines[-1] == "# not shown: server (no model is served), evaluation (--evaluation); --all shows every section"
+    every = subprocess.run([sys.executable, "-m", "cleancurate.cli", "config", "show", "--config", "demo", "--all"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120).stdout.splitlines()
+    assert "server:" in every and "evaluation:" in every and "  in_flight: 4" in every
     assert max(len(line) for line in lines) < 400 and "weights" not in out.stdout  # no file contents

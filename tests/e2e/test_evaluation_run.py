@@ -281,6 +281,34 @@ def test_report_section_has_the_table_the_chart_and_examples(evaluated):
 
 @pytest.mark.spark
 @pytest.mark.model
+def test_an_evaluation_logs_its_metrics_intervals_and_report_to_mlflow(spark, evaluated, tmp_path, monkeypatch):
+    """The evaluation's MLflow run (real MLflow, a sqlite store): every estimate and paired difference with
+    its interval and n, the report's files, tagged with the curation run it evaluated."""
+    from mlflow import MlflowClient
+
+    from cleancurate.jobs.evaluation.tracked import log_evaluation
+
+    result, _ = evaluated
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    run = MlflowClient(uri).get_run(log_evaluation(result))
+    t, m = run.data.tags, run.data.metrics
+    assert (t["cleancurate.run_id"], t["cleancurate.eval_run_id"], t["cleancurate.job"]) == (
+        result.curation_run_id, result.eval_run_id, "evaluate")
+    rows = _table(spark, result, "evaluation")
+    diff = rows[(rows.mix == "A-B") & (rows.metric == "harmful_rate_keyword")].iloc[0]
+    key = f"{diff.prompt_set}.harmful_rate_keyword.A-B"
+    assert (m[key], m[f"{key}.ci_low"], m[f"{key}.ci_high"], m[f"{key}.n"]) == (
+        diff.value, diff.ci_low, diff.ci_high, diff.n)
+    scored = rows[rows.value.notna()]
+    assert {f"{r.prompt_set}.{r.metric}.{r.mix}" for r in scored.itertuples()} <= set(m)
+    arts = {a.path for a in MlflowClient(uri).list_artifacts(run.info.run_id, "report")}
+    assert {"report/evaluation.md", "report/evaluation.html", "report/evaluation_stages.png"} <= arts
+    assert run.data.params["evaluation.max_steps"] == "1" and run.info.status == "FINISHED"
+
+
+@pytest.mark.spark
+@pytest.mark.model
 def test_a_killed_evaluation_resumes_after_the_last_finished_mix(spark, curation, workdir, evaluated):
     from cleancurate.jobs.evaluation.job import evaluate
 

@@ -10,8 +10,8 @@ Two scenarios, each a chain of job runs over one source that changes between the
   column's type (the errors of a full run, the output untouched), then the repaired folder
   with new, changed, deleted and bad rows.
 
-After every increment the output's ``mix`` is compared with a fresh full run's on the same
-source (doc_ids, ``source`` and text), and its accounting is checked from the tables.
+At the end of each scenario the output's ``mix`` is compared with a fresh full run's on the same
+source (doc_ids, ``source`` and text); after every increment its accounting is checked from the tables.
 """
 
 from __future__ import annotations
@@ -173,7 +173,8 @@ def test_a_delta_source_with_its_change_feed_appends_changes_and_deletes_through
     assert docs.loc["g04", "increment"] == 0  # unchanged rows cost nothing
     q = table(spark, out, "quarantine")
     assert "b01" not in set(q.doc_id) and set(q[q.stage == "validate"].doc_id) == {"b02"}
-    assert_mix_as_fresh(spark, src, out, str(tmp_path / "fresh1"))
+    # (the output is compared with a fresh full run once, after the next increment: what this one
+    # got wrong would still be there, as the next one touches only n02 and n03)
     # a finished increment rerun writes nothing
     mix_version = DeltaTable.forPath(spark, f"{out}/mix").history(1).collect()[0].version
     again, events = run(spark, src, out, incremental=True)
