@@ -144,12 +144,6 @@ class Tracker:
         for i in range(0, len(items), 100):
             self._call("logging parameters", "log_batch", self.run_id, params=items[i:i + 100])
 
-    def tags(self, tags: dict[str, str]) -> None:
-        from mlflow.entities import RunTag
-
-        self._call("setting tags", "log_batch", self.run_id,
-                   tags=[RunTag(k, str(v)) for k, v in tags.items() if v is not None])
-
     def metrics(self, metrics: dict[str, float | int | None], step: int = 0) -> None:
         """Log numeric metrics at ``step`` (None and non-numbers are skipped)."""
         import time
@@ -163,7 +157,7 @@ class Tracker:
             self._call("logging metrics", "log_batch", self.run_id, metrics=items[i:i + 1000])
 
     def artifact(self, path: str, folder: str | None = None) -> None:
-        """Attach a file or a folder (local paths only; a report on object storage is linked by a tag)."""
+        """Attach a local file or folder."""
         if os.path.isdir(path):
             self._call("attaching artifacts", "log_artifacts", self.run_id, path, folder)
         elif os.path.isfile(path):

@@ -76,10 +76,6 @@ def log_report(tracker: Tracker, cfg, report_path: str | None) -> None:
     if not tracker.active:
         return
     tracker.text(yaml.safe_dump(cfg.user_dict(evaluation=False), sort_keys=False), "config.yaml")
-    if report_path:
-        folder = os.path.dirname(report_path) if not os.path.isdir(report_path) else report_path
-        if "://" in folder and not folder.startswith("file:"):
-            tracker.tags({f"{TAG}report": report_path})  # on object storage: linked, not copied
-        else:
-            tracker.artifact(folder.removeprefix("file:"), "report")
+    if report_path:  # build_report writes a local folder (none for catalog outputs)
+        tracker.artifact(os.path.dirname(report_path), "report")
     tracker.end("FINISHED")

@@ -291,6 +291,7 @@ def test_an_evaluation_logs_its_metrics_intervals_and_report_to_mlflow(spark, ev
     result, _ = evaluated
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # a sqlite store keeps artifacts under ./mlruns
     run = MlflowClient(uri).get_run(log_evaluation(result))
     t, m = run.data.tags, run.data.metrics
     assert (t["cleancurate.run_id"], t["cleancurate.eval_run_id"], t["cleancurate.job"]) == (

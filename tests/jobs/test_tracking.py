@@ -18,8 +18,11 @@ from tests.jobs.test_curation_fakes import fake_config, fake_udfs, write_input
 
 @pytest.fixture
 def store(tmp_path, monkeypatch):
+    """A sqlite tracking store in the test's folder; the working directory moves there too, since a
+    sqlite store keeps its artifacts under ``./mlruns`` (else they land in the repository)."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
     return uri
 
 
