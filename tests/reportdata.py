@@ -39,7 +39,8 @@ def curation_data(revised: bool = True, increments: int = 2) -> dict:
         "model": "embedded:smollm2-135m", "objective": "minimize", "status": "complete", "last_complete_round": 2,
         "input_rows": 40, "valid_rows": 37, "selected_rows": 6, "curated_rows": 6, "quarantined_rows": 5,
         "mix_rows": 35, "started_at": pd.Timestamp("2026-12-07 10:00:00"),
-        "updated_at": pd.Timestamp("2026-12-07 10:04:10"), "increment": increments - 1, "source_json": "{}"})
+        "updated_at": pd.Timestamp("2026-12-07 10:04:10"), "increment": increments - 1, "source_json": "{}",
+        "mlflow_run_id": None})
     rows = [dict(zip(("doc_id", "query", "response_original", "response_curated", "ppl_original", "ppl_curated"), v))
             for v in zip(docs, query, response, curated, ppl_o, ppl_c)]
     examples = pd.DataFrame([r for r, imp in zip(rows, improved) if imp],
