@@ -36,11 +36,12 @@ def evaluate(*args, **kwargs):
     return _evaluate(*args, **kwargs)
 
 
-def load_config(name_or_path: str, overrides=None):
-    """Load and validate a profile; see :func:`cleancurate.config.load`."""
-    from cleancurate.config import load
+def load_config(name_or_path: str, overrides=None, evaluation: bool = False):
+    """Load and validate a profile: the curation job's configuration, or with ``evaluation`` the evaluation
+    job's; see :func:`cleancurate.config.load` and :func:`cleancurate.config.load_evaluation`."""
+    from cleancurate.config import load, load_evaluation
 
-    return load(name_or_path, overrides)
+    return (load_evaluation if evaluation else load)(name_or_path, overrides)
 
 
 def __getattr__(name):

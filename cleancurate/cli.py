@@ -22,12 +22,13 @@ def _config_show(argv: list[str]) -> int:
     p.add_argument("--json", action="store_true", help="JSON instead of YAML")
     args = p.parse_args(argv)
     try:
-        cfg = config_mod.load(args.config, args.overrides)
+        load = config_mod.load_evaluation if args.evaluation or args.all else config_mod.load
+        cfg = load(args.config, args.overrides)
         given = config_mod.profile_keys(args.config, args.overrides)
     except config_mod.ConfigError as exc:
         print(f"cleancurate: error: {exc}", file=sys.stderr)
         return 2
-    d = cfg.user_dict(evaluation=args.evaluation or args.all)
+    d = cfg.user_dict()
     if args.json:
         print(json.dumps({"config_hash": cfg.hash, "config": d}, indent=2))
         return 0

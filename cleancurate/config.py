@@ -31,7 +31,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Config:
-    """The whole job configuration."""
+    """The curation job's configuration (``cleancurate curate``). The evaluation job's is
+    :class:`EvaluationRunConfig`: these sections and its own ``evaluation`` root."""
 
     name: str = "custom"
     input: InputConfig = field(default_factory=InputConfig)
@@ -47,20 +48,24 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
-    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples as lists) of every field, the resolved file texts included."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
-    def user_dict(self, evaluation: bool = True) -> dict[str, Any]:
+    def user_dict(self) -> dict[str, Any]:
         """The keys a user can set, with their values: :meth:`to_dict` without the file texts read at load time."""
         d = self.to_dict()
         for section, name in RESOLVED:
-            d[section].pop(name, None)
-        if not evaluation:
-            d.pop("evaluation")
+            if section in d:
+                d[section].pop(name, None)
         return d
+
+    def as_curation(self) -> "Config":
+        """The curation job's part of this configuration (itself, for a :class:`Config`)."""
+        if type(self) is Config:
+            return self
+        return Config(**{f.name: getattr(self, f.name) for f in fields(Config)})
 
     @property
     def hash(self) -> str:
@@ -97,7 +102,25 @@ class Config:
                 raw[section][name] = ""  # read again by from_dict
         if keys & {"harm.backend", "harm.guard_format", "harm.head_file"}:  # another check: its thresholds
             raw["harm"].update({k: None for k in ("threshold", "gate_threshold") if f"harm.{k}" not in keys})
-        return from_dict(raw, base_dir=None, resolve_prompts=False)
+        return from_dict(raw, base_dir=None, resolve_prompts=False, root=type(self))
+
+
+@dataclass(frozen=True)
+class EvaluationRunConfig(Config):
+    """The evaluation job's configuration (``cleancurate evaluate``): the curation sections it reads (the
+    output holding the curation run, the model to fine-tune, the harm check and judge, runtime, Spark,
+    report) and the ``evaluation`` root, which the curation job neither holds nor hashes. The evaluation
+    has a hash of its own (``jobs.evaluation.job.evaluation_hash``)."""
+
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+    @classmethod
+    def of(cls, cfg: Config, evaluation: EvaluationConfig | None = None) -> "EvaluationRunConfig":
+        """A curation configuration with an evaluation section (its own, the one given, else the defaults)."""
+        if isinstance(cfg, EvaluationRunConfig) and evaluation is None:
+            return cfg
+        ev = evaluation or getattr(cfg, "evaluation", None) or EvaluationConfig()
+        return cls(**{f.name: getattr(cfg, f.name) for f in fields(Config)}, evaluation=ev)
 
 
 #: a model spec naming a served model (``harm.guard_model``, ``metrics.judge_model``): ``server:<served name>``
@@ -180,7 +203,9 @@ def _apply_overrides(raw: dict[str, Any], overrides: list[str] | dict[str, Any])
         node = raw
         for part in parts[:-1]:
             if part not in node or not isinstance(node[part], dict):
-                raise ConfigError(f"unknown config section '{part}' in override '{key}'")
+                hint = (" (the evaluation job's keys: cleancurate evaluate, or config show --evaluation)"
+                        if node is raw and part == "evaluation" else "")
+                raise ConfigError(f"unknown config section '{part}' in override '{key}'{hint}")
             node = node[part]
         if parts[-1] not in node or tuple(parts) in RESOLVED:
             hint = f" (it is read from {parts[0]}.{RESOLVED[tuple(parts)][0]})" if tuple(parts) in RESOLVED else ""
@@ -353,14 +378,13 @@ def _validate(cfg: Config) -> None:
                 raise ConfigError("input.split_pattern needs two capture groups (query, response)")
         except re.error as exc:
             raise ConfigError(f"input.split_pattern is not a valid regex: {exc}") from exc
-    _validate_evaluation(cfg)
 
 
 EVAL_MIXES = ("base", "A", "B", "C", "before", "after")
 EVAL_JUDGES = ("keyword", "harm", "llm")
 
 
-def _validate_evaluation(cfg: Config) -> None:
+def _validate_evaluation(cfg: "EvaluationRunConfig") -> None:
     """Checks of the ``evaluation`` section (see :class:`EvaluationConfig`)."""
     e = cfg.evaluation
     bad_mix = [m for m in e.mixes if m not in EVAL_MIXES]
@@ -457,7 +481,7 @@ def _resolve_files(raw: dict[str, Any], base_dir: Path | None) -> None:
         raw[name] = raw.get(name) or {}
         return raw[name]
 
-    cur, met, harm, ev = sec("curation"), sec("metrics"), sec("harm"), sec("evaluation")
+    cur, met, harm = sec("curation"), sec("metrics"), sec("harm")
     if not cur.get("prompt"):
         cur["prompt"] = read_conf_file(cur.get("prompt_file", CurationConfig.prompt_file), base_dir)
     if not met.get("judge_prompt"):
@@ -468,7 +492,8 @@ def _resolve_files(raw: dict[str, Any], base_dir: Path | None) -> None:
     if harm.get("backend") == "guard" and not harm.get("guard_spec"):
         harm["guard_spec"] = read_conf_file(_guard_format_file(str(harm.get("guard_format", HarmConfig.guard_format))),
                                             base_dir)
-    if not ev.get("judge_prompt"):
+    ev = raw.get("evaluation")
+    if isinstance(ev, dict) and not ev.get("judge_prompt"):
         try:
             ev["judge_prompt"] = read_conf_file(ev.get("judge_prompt_file", EvaluationConfig.judge_prompt_file),
                                                 base_dir)
@@ -478,14 +503,21 @@ def _resolve_files(raw: dict[str, Any], base_dir: Path | None) -> None:
             ev["judge_prompt"] = ""  # only the LLM judge reads it
 
 
-def from_dict(raw: dict[str, Any], base_dir: Path | None = None, resolve_prompts: bool = True) -> Config:
-    """Build and validate a Config from a nested dict.
+def from_dict(raw: dict[str, Any], base_dir: Path | None = None, resolve_prompts: bool = True,
+              root: type[Config] = Config) -> Config:
+    """Build and validate a configuration from a nested dict: the curation job's (:class:`Config`), or with
+    ``root=EvaluationRunConfig`` the evaluation job's.
 
     ``resolve_prompts``: the dict is a user's (a profile's keys): file texts in it are
     dropped and every file is read. False: the dict is a resolved configuration's
     (:meth:`Config.to_dict`); only file texts left empty are read.
     """
     raw = json.loads(json.dumps(raw or {}))
+    if root is EvaluationRunConfig:
+        raw.setdefault("evaluation", {})
+    elif "evaluation" in raw:
+        raise ConfigError("the evaluation section is the evaluation job's (cleancurate evaluate): build it with "
+                          "root=EvaluationRunConfig, or load the profile with load_evaluation()")
     if resolve_prompts:
         _drop_resolved(raw)
     _resolve_files(raw, base_dir)
@@ -499,8 +531,10 @@ def from_dict(raw: dict[str, Any], base_dir: Path | None = None, resolve_prompts
         raw["harm"] = {**harm, **{k: v for k, v in own.items() if harm.get(k) is None}}
     _rename_judges(raw)
     _drop_retired(raw)
-    cfg = _build(Config, raw, "")
+    cfg = _build(root, raw, "")
     _validate(cfg)
+    if isinstance(cfg, EvaluationRunConfig):
+        _validate_evaluation(cfg)
     return cfg
 
 
@@ -555,11 +589,13 @@ def _read_profile(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     return base
 
 
-def load(name_or_path: str, overrides: list[str] | None = None) -> Config:
-    """Load a profile (path or name in ``conf/``), apply overrides, validate.
+def load(name_or_path: str, overrides: list[str] | None = None, root: type[Config] = Config) -> Config:
+    """Load a profile (path or name in ``conf/``), apply overrides, validate: the curation job's
+    configuration (:func:`load_evaluation` for the evaluation job's).
 
     A profile may start from another with ``extends: <profile>``: its keys are merged
-    over the other's, section by section (a list replaces a list).
+    over the other's, section by section (a list replaces a list). A profile may hold
+    both jobs' keys: the curation job checks an ``evaluation`` section and leaves it out.
 
     Raises:
         ConfigError: the file is missing, a key is unknown, or a value is invalid.
@@ -567,12 +603,20 @@ def load(name_or_path: str, overrides: list[str] | None = None) -> Config:
     path = find_profile(name_or_path)
     raw = _read_profile(path)
     raw.setdefault("name", path.stem)
+    if root is Config and "evaluation" in raw:  # the evaluation job's keys: checked, not kept
+        from_dict({k: v for k, v in raw.items()}, base_dir=path.parent, root=EvaluationRunConfig)
+        raw.pop("evaluation")
     if overrides:
-        base = Config().user_dict()
+        base = root().user_dict()
         _deep_merge(base, raw)
         _apply_overrides(base, overrides)
         raw = base
-    return from_dict(raw, base_dir=path.parent)
+    return from_dict(raw, base_dir=path.parent, root=root)
+
+
+def load_evaluation(name_or_path: str, overrides: list[str] | None = None) -> "EvaluationRunConfig":
+    """The evaluation job's configuration: :func:`load` with the ``evaluation`` root."""
+    return load(name_or_path, overrides, root=EvaluationRunConfig)
 
 
 def profile_keys(name_or_path: str, overrides: list[str] | None = None) -> set[str]:

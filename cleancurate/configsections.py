@@ -268,8 +268,9 @@ class EvaluationConfig:
     Mixes built from a curation run's tables: ``A`` benign + harmful at ``contamination``;
     ``B`` A + curated texts (``curated_ratio`` per harmful one); ``C`` benign only;
     ``base`` the model without fine-tuning; the stages of Buckle Up's defence: ``before``
-    (the curated texts, then A's data) and ``after`` (A's data, then the curated texts). Left out of :attr:`Config.hash` (it does not
-    change what curation writes); the evaluation has a hash of its own.
+    (the curated texts, then A's data) and ``after`` (A's data, then the curated texts). The root of the
+    evaluation job's keys (:class:`~cleancurate.config.EvaluationRunConfig`): the curation job's
+    :class:`~cleancurate.config.Config` holds none of them, and the evaluation has a hash of its own.
     """
 
     curation_run_id: str | None = None  # None: the latest complete run in the output's runs table

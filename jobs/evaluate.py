@@ -69,7 +69,7 @@ def main(argv=None) -> int:
 
     def run() -> int:
         overrides = options.config_overrides(args, **{"evaluation.curation_run_id": "curation_run_id"})
-        cfg = config_mod.load(args.config, overrides)
+        cfg = config_mod.load_evaluation(args.config, overrides)
         result = evaluate(cfg, progress=ProgressPrinter(args.quiet), stop_after_mix=args.stop_after_mix,
                           report=not args.no_report)
         rows = result.table("evaluation").orderBy("metric", "mix").collect() if result.complete else []

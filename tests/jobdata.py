@@ -7,8 +7,9 @@ import yaml
 # Spark settings for the tests' tiny data, in the test session and in the job's own processes:
 # one shuffle partition, no adaptive re-planning, no file statistics, no UI; expressions
 # interpreted instead of compiled (on a few rows, compiling each plan to Java costs more than
-# it saves: bench.spark_overhead); and the JVM's quick JIT compiler only (the suite keeps both
-# cores busy, and the optimizing compiler's CPU costs more there than its faster code saves).
+# it saves: bench.spark_overhead); one Delta snapshot partition; and the JVM's full JIT with a
+# 256 MB code cache (the quick compiler alone filled its 48 MB cache partway through the suite,
+# after which new code ran interpreted: bench.jvm_options).
 SMALL_DATA_CONF = {"spark.sql.shuffle.partitions": "1", "spark.sql.adaptive.enabled": "false",
                    "spark.databricks.delta.stats.collect": "false", "spark.ui.enabled": "false",
                    "spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN",

@@ -369,6 +369,7 @@ def curate(source, config: Config | str, spark=None, new_run: bool = False, over
     cfg = config if isinstance(config, Config) else config_mod.load(config, overrides)
     if isinstance(config, Config) and overrides:
         cfg = cfg.with_overrides(overrides)
+    cfg = cfg.as_curation()  # an evaluation's configuration curates with its curation sections
     df = None
     if isinstance(source, str):
         cfg = cfg.with_overrides({"input.path": source})

@@ -34,7 +34,7 @@ def start(ctx, stored_run: dict | None, identity) -> Tracker:
     name = ctx.run_id if ctx.increment == 0 else f"{ctx.run_id} increment {ctx.increment}"
     ctx.mlflow_run_id = tracker.start(name, tags, resume)
     if tracker.active:
-        tracker.params({**flatten(cfg.user_dict(evaluation=False)), "config_hash": ctx.hash})
+        tracker.params({**flatten(cfg.user_dict()), "config_hash": ctx.hash})
     return tracker
 
 
@@ -75,7 +75,7 @@ def log_report(tracker: Tracker, cfg, report_path: str | None) -> None:
 
     if not tracker.active:
         return
-    tracker.text(yaml.safe_dump(cfg.user_dict(evaluation=False), sort_keys=False), "config.yaml")
+    tracker.text(yaml.safe_dump(cfg.user_dict(), sort_keys=False), "config.yaml")
     if report_path:  # build_report writes a local folder (none for catalog outputs)
         tracker.artifact(os.path.dirname(report_path), "report")
     tracker.end("FINISHED")

@@ -37,7 +37,7 @@ from typing import Callable
 
 import pandas as pd
 
-from cleancurate.config import Config, ConfigError
+from cleancurate.config import Config, ConfigError, EvaluationRunConfig
 from cleancurate.engine.harm import backend as harm_backend
 from cleancurate.engine.harm import check_batch, load_guard
 from cleancurate.jobs.evaluation import stats
@@ -61,7 +61,7 @@ class EvaluationResult:
 
     eval_run_id: str
     curation_run_id: str
-    config: Config
+    config: EvaluationRunConfig
     store: TableStore
     complete: bool = True
     counts: dict = field(default_factory=dict)
@@ -79,7 +79,7 @@ def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
-def evaluation_hash(cfg: Config, curation_run_id: str, prompt_digests: dict, curated_source: str | None = None) -> str:
+def evaluation_hash(cfg: EvaluationRunConfig, curation_run_id: str, prompt_digests: dict, curated_source: str | None = None) -> str:
     """Hash of everything that changes an evaluation's numbers (not where or how fast it runs).
 
     ``curated_source`` names the curated texts' run when it is not the evaluated one.
@@ -142,7 +142,7 @@ class EvaluationJob:
         stop_after_mix: commit this mix, then return without finishing (time-boxed runs).
     """
 
-    def __init__(self, cfg: Config, spark=None, progress: ProgressFn | None = None, stop_after_mix: str | None = None):
+    def __init__(self, cfg: EvaluationRunConfig, spark=None, progress: ProgressFn | None = None, stop_after_mix: str | None = None):
         from cleancurate.session import get_spark
 
         self.cfg = cfg
@@ -392,7 +392,8 @@ def evaluate(config: Config | str, spark=None, overrides: list[str] | None = Non
     ``evaluation``.
 
     Args:
-        config: a :class:`Config` or a profile name / YAML path; its ``output`` holds the curation run.
+        config: an :class:`EvaluationRunConfig` (a curation :class:`Config` takes the evaluation's defaults) or a
+            profile name / YAML path; its ``output`` holds the curation run.
         spark: the session (default: active or local).
         overrides: ``section.key=value`` overrides.
         progress: callback for progress events.
@@ -401,9 +402,11 @@ def evaluate(config: Config | str, spark=None, overrides: list[str] | None = Non
     """
     from cleancurate import config as config_mod
 
-    cfg = config if isinstance(config, Config) else config_mod.load(config, overrides)
-    if isinstance(config, Config) and overrides:
-        cfg = cfg.with_overrides(overrides)
+    if isinstance(config, Config):
+        cfg = EvaluationRunConfig.of(config)  # a curation configuration: the evaluation's defaults
+        cfg = cfg.with_overrides(overrides) if overrides else cfg
+    else:
+        cfg = config_mod.load_evaluation(config, overrides)
     job = EvaluationJob(cfg, spark=spark, progress=progress, stop_after_mix=stop_after_mix)
     result = job.run()
     if report and result.complete and cfg.report.enabled:

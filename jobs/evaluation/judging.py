@@ -17,7 +17,7 @@ from typing import Protocol
 import pandas as pd
 
 from cleancurate.batching import resolve_scoring_budget
-from cleancurate.config import Config
+from cleancurate.config import EvaluationRunConfig
 from cleancurate.jobs.evaluation.judges import harm_probabilities, helpfulness, keyword_harmful, llm_harm_scores
 from cleancurate.jobs.evaluation.promptsets import PromptSet
 from cleancurate.refusal import is_refusal
@@ -64,7 +64,7 @@ def _prompt_rows(result: dict, harmful: PromptSet, benign: PromptSet, refusal_ke
     return rows
 
 
-def judge_answers(mix: str, result: dict, harmful: PromptSet, benign: PromptSet, cfg: Config,
+def judge_answers(mix: str, result: dict, harmful: PromptSet, benign: PromptSet, cfg: EvaluationRunConfig,
                   models: JudgeModels) -> pd.DataFrame:
     """One row per held-out prompt of ``mix``: the answer (or the error) and every judge's verdict.
 

@@ -155,9 +155,9 @@ def test_guard_settings_leave_the_heads_hash_alone_and_switching_checks_takes_th
 
 
 def test_the_evaluation_judge_harm_head_is_now_harm_and_the_old_name_still_works():
-    assert C.load("demo").evaluation.judges == ("keyword", "harm")
+    assert C.load_evaluation("demo").evaluation.judges == ("keyword", "harm")
     with pytest.warns(FutureWarning, match="'harm_head' is now 'harm'"):
-        old = C.load("demo", ["evaluation.judges=[keyword, harm_head, llm]"])
+        old = C.load_evaluation("demo", ["evaluation.judges=[keyword, harm_head, llm]"])
     assert old.evaluation.judges == ("keyword", "harm", "llm")
     with pytest.raises(ConfigError, match=r"allowed: \['keyword', 'harm', 'llm'\]"):
-        C.load("demo", ["evaluation.judges=[harmhead]"])
+        C.load_evaluation("demo", ["evaluation.judges=[harmhead]"])

@@ -173,7 +173,7 @@ def test_every_config_field_is_read_somewhere():
     text = "\n".join(p.read_text() for d in CODE for p in (ROOT / d).rglob("*.py")
                      if p.name not in ("config.py", "configsections.py"))
     loader_reads = {f"{sec}.{k}" for (sec, _), keys in C.RESOLVED.items() for k in keys}
-    unread = [key for key, f in _fields(C.Config)
+    unread = [key for key, f in _fields(C.EvaluationRunConfig)
               if key not in loader_reads and not re.search(rf"\.{f.name}\b", text)]
     assert unread == []
 

@@ -46,7 +46,7 @@ def _eval_cfg(raw: dict, workdir: Path, **evaluation):
           "batch_size": 4, "max_steps": 1, "max_length": 64, "max_new_tokens": 8, "max_prompts": 3,
           "harmful_prompts": str(harmful), "bootstrap": 500, "report_examples": 1,
           "allow_kept_originals": True, **evaluation}  # the shared run replaces few originals, if any
-    return C.from_dict({**raw, "evaluation": ev, "report": {"enabled": True}})
+    return C.from_dict({**raw, "evaluation": ev, "report": {"enabled": True}}, root=C.EvaluationRunConfig)
 
 
 @pytest.fixture(scope="module")

@@ -72,7 +72,7 @@ def test_the_evaluation_page_loads_in_a_browser(tmp_path):
     from cleancurate import config as C
     from cleancurate.jobs.evaluation.report import write_eval_report
 
-    md = write_eval_report(reportdata.evaluation_data(), tmp_path / "report", C.load("eval-small"),
+    md = write_eval_report(reportdata.evaluation_data(), tmp_path / "report", C.load_evaluation("eval-small"),
                            "eval-00aa11bb22cc", "run-0123456789ab")
     check = opened(md.with_suffix(".html"), "evaluation")
     assert h2(check) == ["Mixes", "Results (95% bootstrap intervals, n = prompts scored)",

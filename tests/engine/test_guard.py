@@ -299,8 +299,8 @@ def test_the_evaluations_harm_judge_is_the_configured_check(tok, tiny_guard, mon
     from cleancurate.jobs.evaluation.promptsets import PromptSet
 
     monkeypatch.setattr(job, "load_guard", lambda cfg: LoadedModel("tiny", tiny_guard, tok, "cpu", "causal-lm"))
-    cfg = C.load("demo", ["harm.backend=guard", "harm.guard_model=embedded:smollm2-135m",
-                          "evaluation.judges=[harm]"])
+    cfg = C.load_evaluation("demo", ["harm.backend=guard", "harm.guard_model=embedded:smollm2-135m",
+                                     "evaluation.judges=[harm]"])
     loader = job.JudgeModelLoader(cfg)
     assert loader.harm() is loader.harm()  # loaded once for the job
     harmful = PromptSet("harmful", "test", pd.DataFrame({"prompt_id": ["p1", "p2"], "prompt": [q for q, _ in ROWS[:2]],

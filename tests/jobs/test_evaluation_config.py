@@ -27,7 +27,7 @@ def test_the_evaluation_id_ignores_which_mixes_are_listed_and_the_kept_originals
     """Adding a mix to a finished evaluation resumes it (only the new mix trains); what changes rows does not."""
     from cleancurate.jobs.evaluation.job import evaluation_hash
 
-    cfg = C.load("eval-small")
+    cfg = C.load_evaluation("eval-small")
     h = evaluation_hash(cfg, "run-1", {"harmful": "x"})
     assert h == evaluation_hash(cfg.with_overrides(["evaluation.mixes=[A, before]"]), "run-1", {"harmful": "x"})
     assert h == evaluation_hash(cfg.with_overrides(["evaluation.allow_kept_originals=false"]), "run-1", {"harmful": "x"})
@@ -36,10 +36,19 @@ def test_the_evaluation_id_ignores_which_mixes_are_listed_and_the_kept_originals
     assert h != evaluation_hash(cfg, "run-2", {"harmful": "x"})
 
 
-def test_evaluation_config_is_validated_and_left_out_of_the_curation_hash():
-    demo = C.load("demo")
-    assert demo.hash == C.load("demo", ["evaluation.max_steps=3"]).hash
-    assert demo.evaluation.learning_rate == 5e-5 and demo.evaluation.contamination == 0.05
+def test_the_evaluation_keys_have_their_own_root_validated_and_left_out_of_the_curation_hash():
+    demo, demo_eval = C.load("demo"), C.load_evaluation("demo")
+    assert type(demo) is C.Config and not hasattr(demo, "evaluation")  # the curation job holds none of them
+    assert demo.hash == demo_eval.hash == C.load_evaluation("demo", ["evaluation.max_steps=3"]).hash
+    assert demo_eval.evaluation.learning_rate == 5e-5 and demo_eval.evaluation.contamination == 0.05
+    with pytest.raises(ConfigError, match=r"unknown config section 'evaluation'.*cleancurate evaluate"):
+        C.load("demo", ["evaluation.max_steps=3"])
+    with pytest.raises(ConfigError, match="the evaluation section is the evaluation job's"):
+        C.from_dict({**demo.user_dict(), "evaluation": {"max_steps": 3}})
+    # a profile holding both jobs' keys curates with its curation sections, its evaluation keys checked
+    assert C.load("eval-small").hash == C.load_evaluation("eval-small").hash
+    assert type(C.load("eval-small")) is C.Config
+    assert C.load_evaluation("eval-small").as_curation() == C.load("eval-small")
     for override, message in [
         ("evaluation.mixes=[A, D]", r"unknown mix\(es\) \['D'\]"),
         ("evaluation.judges=[keyword, vibes]", r"unknown judge\(s\) \['vibes'\]"),
@@ -49,12 +58,12 @@ def test_evaluation_config_is_validated_and_left_out_of_the_curation_hash():
         ("evaluation.curated_ratio=0", "curated_ratio 0 leaves mixes B, before and after without curated texts"),
     ]:
         with pytest.raises(ConfigError, match=message):
-            C.load("demo", [override])
-    small = C.load("eval-small")
+            C.load_evaluation("demo", [override])
+    small = C.load_evaluation("eval-small")
     assert small.evaluation.mixes == ("base", "A", "B", "C", "before", "after")
     assert small.evaluation.allow_kept_originals is True and "{rubric}" in small.evaluation.judge_prompt
-    assert {"before", "after"} <= set(C.load("eval-gpu").evaluation.mixes)  # the GPU profile has the stages too
-    assert demo.evaluation.allow_kept_originals is False and demo.evaluation.curated_output is None
+    assert {"before", "after"} <= set(C.load_evaluation("eval-gpu").evaluation.mixes)  # the GPU profile has the stages too
+    assert demo_eval.evaluation.allow_kept_originals is False and demo_eval.evaluation.curated_output is None
 
 
 def test_shipped_prompt_sets():

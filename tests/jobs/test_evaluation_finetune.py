@@ -24,7 +24,8 @@ TRAIN = {"seed": 5, "max_length": 48, "learning_rate": 5e-5, "weight_decay": 0.0
 
 def train_settings(**over) -> C.EvaluationConfig:
     """The ``evaluation`` section of the tests' training runs (TRAIN, some keys changed)."""
-    return C.from_dict({**jobdata.job_config("unused", "unused", rounds=1), "evaluation": {**TRAIN, **over}}).evaluation
+    return C.from_dict({**jobdata.job_config("unused", "unused", rounds=1), "evaluation": {**TRAIN, **over}},
+                       root=C.EvaluationRunConfig).evaluation
 
 
 @pytest.mark.parametrize("method, device, expected", [
@@ -99,7 +100,8 @@ def test_lora_phases_train_fresh_adapters_from_the_seed_whatever_ran_before():
 
     raw = jobdata.job_config("unused", "unused", rounds=1)
     ev = C.from_dict({**raw, "evaluation": {**TRAIN, "method": "lora", "learning_rate": 1e-3, "max_steps": 1,
-                                            "max_new_tokens": 4}})
+                                            "max_new_tokens": 4}},
+                     root=C.EvaluationRunConfig)
     phases = [{"phase": 1, "kinds": ["curated"], "pairs": PAIRS[:2]}, {"phase": 2, "kinds": ["benign"], "pairs": PAIRS[2:]}]
     payload = {"mix": "before", "phases": phases, "harmful": [], "benign": [("b1", "How do I boil an egg?", "Nine minutes.")],
                **{k: getattr(ev, k) for k in ("model", "runtime", "evaluation")}}
@@ -125,7 +127,8 @@ def test_torch_distributor_runs_the_same_function_with_two_processes(spark, tiny
     raw = jobdata.job_config("unused", "unused", rounds=1)
     raw["model"] = {"name": tiny_lm_dir, "device": "cpu"}
     ev = C.from_dict({**raw, "evaluation": {**TRAIN, "max_steps": 1, "max_new_tokens": 4, "distributor": "torch",
-                                            "num_processes": 2, "local_mode": True, "use_gpu": False}})
+                                            "num_processes": 2, "local_mode": True, "use_gpu": False}},
+                     root=C.EvaluationRunConfig)
     # two phases, as the stage mixes train: DDP wraps the model again for the second one
     phases = [{"phase": 1, "kinds": ["curated"], "pairs": PAIRS[:2]}, {"phase": 2, "kinds": ["benign"], "pairs": PAIRS[2:]}]
     payload = {"mix": "after", "phases": phases, "harmful": [("h1", "Say something rude.")],

@@ -174,7 +174,7 @@ def test_the_evaluation_page_is_its_markdown_with_the_charts(tmp_path):
     from cleancurate import config as C
     from cleancurate.jobs.evaluation.report import write_eval_report
 
-    md = write_eval_report(reportdata.evaluation_data(), tmp_path, C.load("eval-small"), "eval-00aa11bb22cc",
+    md = write_eval_report(reportdata.evaluation_data(), tmp_path, C.load_evaluation("eval-small"), "eval-00aa11bb22cc",
                            "run-0123456789ab")
     text = md.read_text(encoding="utf-8")
     page = (tmp_path / "evaluation.html").read_text(encoding="utf-8")
