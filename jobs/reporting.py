@@ -120,6 +120,20 @@ def integer_axis(ax, *which: str) -> None:
 _IMG_SRC = re.compile(r"""(<img\b[^>]*?\bsrc=)(['"])([^'"]+)\2""", re.IGNORECASE)
 
 
+def page_files(page: Path | str) -> list[Path]:
+    """A page written by :func:`write_pages` (``NAME.html``, or the ``NAME.md`` it was made from) and what
+    belongs to it: the page, its standalone copy, the Markdown, the images the page shows, those that
+    exist. Other pages' files in the same folder (the evaluation's beside the curation's) are not among them."""
+    page = Path(page)
+    folder, name = page.parent, page.stem
+    page = folder / f"{name}.html"
+    own = [page, folder / f"{name}-standalone.html", folder / f"{name}.md"]
+    text = page.read_text(encoding="utf-8") if page.is_file() else ""
+    own += [folder / html.unescape(m.group(3)) for m in _IMG_SRC.finditer(text)
+            if not m.group(3).startswith("data:") and "://" not in m.group(3)]
+    return [p for p in dict.fromkeys(own) if p.is_file()]
+
+
 def inline_images(page_html: str, folder: Path) -> str:
     """``page_html`` with every ``<img src>`` that names a PNG file in ``folder`` replaced by its bytes as a
     ``data:`` URI; an image that is missing raises, so a self-contained page never ships a broken one."""

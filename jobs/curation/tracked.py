@@ -68,14 +68,16 @@ def log_complete(tracker: Tracker, counts: dict, seconds: float) -> None:
 
 
 def log_report(tracker: Tracker, cfg, report_path: str | None) -> None:
-    """Attach the resolved config and the report folder (HTML, standalone copy, PNGs), then end the run."""
-    import os
-
+    """Attach the resolved config and the report (its HTML, standalone copy and PNGs, not the other files an
+    evaluation may have written beside it), then end the run."""
     import yaml
+
+    from cleancurate.jobs.reporting import page_files
 
     if not tracker.active:
         return
     tracker.text(yaml.safe_dump(cfg.user_dict(), sort_keys=False), "config.yaml")
     if report_path:  # build_report writes a local folder (none for catalog outputs)
-        tracker.artifact(os.path.dirname(report_path), "report")
+        for path in page_files(report_path):
+            tracker.artifact(str(path), "report")
     tracker.end("FINISHED")

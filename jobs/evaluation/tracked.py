@@ -40,10 +40,10 @@ def log_evaluation(result) -> str | None:
     metrics = {k: v for k, v in metrics.items() if v is None or v == v}  # NaN (nothing scored) is left out
     tracker.metrics({**metrics, "seconds": result.counts.get("seconds"),
                      "answer_rows": result.counts.get("answer_rows")})
-    if result.report_path and os.path.isfile(result.report_path):
-        folder = os.path.dirname(result.report_path)
-        for name in sorted(os.listdir(folder)):
-            if name.startswith("evaluation"):
-                tracker.artifact(os.path.join(folder, name), "report")
+    if result.report_path:
+        from cleancurate.jobs.reporting import page_files
+
+        for path in page_files(result.report_path):
+            tracker.artifact(str(path), "report")
     tracker.end("FINISHED")
     return tracker.run_id

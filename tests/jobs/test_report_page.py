@@ -190,6 +190,24 @@ def test_the_evaluation_page_is_its_markdown_with_the_charts(tmp_path):
 
 
 
+def test_each_page_attached_to_mlflow_is_its_own_files_not_the_other_pages_beside_it(tmp_path):
+    """The curation's report and the evaluation's share a folder; what each job attaches (page_files) is
+    its page, the standalone copy, its Markdown and exactly the images the page shows."""
+    from cleancurate import config as C
+    from cleancurate.jobs.evaluation.report import write_eval_report
+    from cleancurate.jobs.reporting import page_files
+
+    report = write_report(reportdata.curation_data(revised=True), tmp_path, timings={"rounds": 100.0})
+    md = write_eval_report(reportdata.evaluation_data(), tmp_path, C.load_evaluation("eval-small"), "eval-00aa11bb22cc",
+                           "run-0123456789ab")
+    shown = re.findall(r"<img src='([^']+)'", report.read_text(encoding="utf-8"))
+    assert shown and [p.name for p in page_files(report)] == ["report.html", "report-standalone.html"] + shown
+    assert [p.name for p in page_files(md)] == ["evaluation.html", "evaluation-standalone.html", "evaluation.md",
+                                                "evaluation.png", "evaluation_differences.png", "evaluation_stages.png"]
+    every = {p.name for p in tmp_path.iterdir()}
+    assert {p.name for p in page_files(report)} | {p.name for p in page_files(md)} == every  # nothing else, nothing left
+
+
 def test_report_standalone_decides_the_self_contained_copy():
     from types import SimpleNamespace
 
