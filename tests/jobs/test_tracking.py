@@ -38,7 +38,7 @@ def test_a_resumed_run_logs_params_metrics_and_report_into_one_mlflow_run(spark,
 
     out = str(tmp_path / "out")
     cfg = fake_config(write_input(spark, str(tmp_path / "in.parquet")), out).with_overrides(
-        ["report.mlflow_experiment=curation-tests", "report.enabled=true"])
+        ["report.mlflow_experiment=curation-tests", "report.enabled=true", "curation.rounds=1"])  # round 0, round 1
     stopped = CurationJob(cfg, spark=spark, udfs=fake_udfs(), stop_after_round=0).run()
     assert not stopped.complete and stopped.mlflow_run_id
     client = MlflowClient(store)
@@ -54,7 +54,7 @@ def test_a_resumed_run_logs_params_metrics_and_report_into_one_mlflow_run(spark,
     assert run.info.status == "FINISHED" and run.info.experiment_id == exp.experiment_id
     assert len(client.search_runs([exp.experiment_id])) == 1
     p, t, m = run.data.params, run.data.tags, run.data.metrics
-    assert p["config_hash"] == cfg.hash and p["curation.rounds"] == "2" and p["model.name"] == cfg.model.name
+    assert p["config_hash"] == cfg.hash and p["curation.rounds"] == "1" and p["model.name"] == cfg.model.name
     assert p["curation.temperatures"] == "[0.5, 0.7, 1.0]" and "evaluation.judges" not in p
     assert (t["cleancurate.run_id"], t["cleancurate.increment"], t["cleancurate.objective"]) == (
         done.run_id, "0", "minimize")
