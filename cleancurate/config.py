@@ -603,14 +603,14 @@ def load(name_or_path: str, overrides: list[str] | None = None, root: type[Confi
     path = find_profile(name_or_path)
     raw = _read_profile(path)
     raw.setdefault("name", path.stem)
-    if root is Config and "evaluation" in raw:  # the evaluation job's keys: checked, not kept
-        from_dict({k: v for k, v in raw.items()}, base_dir=path.parent, root=EvaluationRunConfig)
-        raw.pop("evaluation")
+    other_job = raw.pop("evaluation", None) if root is Config else None  # the evaluation job's keys
     if overrides:
         base = root().user_dict()
         _deep_merge(base, raw)
         _apply_overrides(base, overrides)
         raw = base
+    if other_job is not None:  # checked with the curation keys as this run has them, then left out
+        from_dict({**raw, "evaluation": other_job}, base_dir=path.parent, root=EvaluationRunConfig)
     return from_dict(raw, base_dir=path.parent, root=root)
 
 

@@ -66,6 +66,18 @@ def test_the_evaluation_keys_have_their_own_root_validated_and_left_out_of_the_c
     assert demo_eval.evaluation.allow_kept_originals is False and demo_eval.evaluation.curated_output is None
 
 
+def test_a_profile_holding_both_jobs_keys_curates_and_its_evaluation_keys_are_checked(tmp_path):
+    both = tmp_path / "both.yaml"
+    both.write_text("extends: demo\nevaluation:\n  max_steps: 2\n", encoding="utf-8")
+    cfg = C.load(str(both), ["output.path=/tmp/elsewhere"])  # checked with the override applied
+    assert type(cfg) is C.Config and cfg.output.path == "/tmp/elsewhere" and cfg.hash == C.load(
+        "demo", ["output.path=/tmp/elsewhere"]).hash
+    assert C.load_evaluation(str(both)).evaluation.max_steps == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("extends: demo\nevaluation:\n  mixes: [A, Z]\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"unknown mix\(es\) \['Z'\]"):
+        C.load(str(bad))  # the curation job refuses a profile whose evaluation keys are wrong
+
 def test_shipped_prompt_sets():
     from cleancurate.jobs.evaluation.promptsets import load_prompt_set
 
