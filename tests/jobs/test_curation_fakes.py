@@ -102,22 +102,13 @@ def write_input(spark, path: str) -> str:
     return path
 
 
-def run_fake(spark, tmp_path, objective: str, stop_after_round: int | None = None):
-    """Run the job with the fakes; with ``stop_after_round`` it first stops there, then a
-    second run resumes from the tables alone (every assertion then holds for the resumed run)."""
+def run_fake(spark, tmp_path, objective: str):
+    """Run the job with the fakes (the minimize run that stops and resumes is tests/jobs/conftest.py's)."""
     from cleancurate.jobs.curation.stages import CurationJob
 
     src = write_input(spark, str(tmp_path / "in.parquet"))
     cfg = fake_config(src, str(tmp_path / "out"), objective)
-    if stop_after_round is not None:
-        first = CurationJob(cfg, spark=spark, udfs=fake_udfs(), stop_after_round=stop_after_round).run()
-        assert not first.complete and not (tmp_path / "out" / "curated").exists()
-    events = []
-    res = CurationJob(cfg, spark=spark, udfs=fake_udfs(), progress=events.append).run()
-    if stop_after_round is not None:
-        assert res.complete and res.resumed_from_round == stop_after_round and res.run_id == first.run_id
-        starts = [e["round"] for e in events if e["event"] == "round_start"]
-        assert starts == list(range(stop_after_round + 1, cfg.curation.rounds + 1))  # earlier rounds not redone
+    res = CurationJob(cfg, spark=spark, udfs=fake_udfs()).run()
 
     def t(name):
         return spark.read.format("delta").load(f"{res.store.output.path}/{name}").toPandas()
@@ -145,8 +136,14 @@ def screened_and_round0(q: pd.DataFrame) -> dict:
     return {d: (s, r) for d, s, r in zip(q.doc_id, q.stage, q.reason)}
 
 
-def test_minimize_with_fakes_ranks_picks_and_accounts_for_every_row_after_a_stop_and_resume(spark, tmp_path):
-    res, tb = run_fake(spark, tmp_path, "minimize", stop_after_round=1)
+def test_minimize_with_fakes_ranks_picks_and_accounts_for_every_row_after_a_stop_and_resume(tracked_minimize):
+    """The shared run (tests/jobs/conftest.py): stopped after round 1, then resumed from the tables alone."""
+    t = tracked_minimize
+    res, tb = t.res, t.tables
+    assert not t.stopped.complete and not t.curated_at_stop
+    assert res.complete and res.resumed_from_round == 1 and res.run_id == t.stopped.run_id
+    starts = [e["round"] for e in t.events if e["event"] == "round_start"]
+    assert starts == [2]  # earlier rounds not redone
     cur, q, r = tb["curated"].set_index("doc_id"), tb["quarantine"], tb["rounds"]
     assert screened_and_round0(q) == {"u01": ("screen", "unsafe_original"), "u03": ("screen", "screen_failed"),
                                       "g02": ("round0", "scoring_failed"), "g06": ("round0", "too_many_tokens")}

@@ -1,8 +1,9 @@
 """MLflow tracking of curation runs, against real MLflow: a sqlite tracking store in a temp folder,
 read back with ``MlflowClient``. The job runs with the fake UDFs (no model).
 
-* a run stopped after round 0 and resumed logs into one MLflow run: params, tags, per-round and
-  final metrics, the report and config as artifacts, its id in ``runs``;
+* a run stopped after round 1 and resumed logs into one MLflow run: params, tags, per-round and
+  final metrics, the report and config as artifacts, its id in ``runs`` (the run is the fakes' minimize
+  run, shared with their ranking test: tests/jobs/conftest.py);
 * an unreachable tracking server is a warning, and the curation completes;
 * ``report.mlflow`` auto without a tracking URI imports nothing; true without MLflow is an error.
 """
@@ -16,56 +17,35 @@ import pytest
 from tests.jobs.test_curation_fakes import fake_config, fake_udfs, write_input
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    """A sqlite tracking store in the test's folder; the working directory moves there too, since a
-    sqlite store keeps its artifacts under ``./mlruns`` (else they land in the repository)."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.chdir(tmp_path)
-    return uri
-
-
 def runs_row(spark, out: str):
     return spark.read.format("delta").load(f"{out}/runs").collect()[0]
 
 
 @pytest.mark.spark
-def test_a_resumed_run_logs_params_metrics_and_report_into_one_mlflow_run(spark, tmp_path, store):
-    from mlflow import MlflowClient
-
-    from cleancurate.jobs.curation.stages import CurationJob, publish
-
-    out = str(tmp_path / "out")
-    cfg = fake_config(write_input(spark, str(tmp_path / "in.parquet")), out).with_overrides(
-        ["report.mlflow_experiment=curation-tests", "report.enabled=true", "curation.rounds=1"])  # round 0, round 1
-    stopped = CurationJob(cfg, spark=spark, udfs=fake_udfs(), stop_after_round=0).run()
-    assert not stopped.complete and stopped.mlflow_run_id
-    client = MlflowClient(store)
-    first = client.get_run(stopped.mlflow_run_id)
-    assert first.info.status == "KILLED" and runs_row(spark, out).mlflow_run_id == stopped.mlflow_run_id
-    assert [m.step for m in client.get_metric_history(first.info.run_id, "docs_active")] == [0]
-
-    job = CurationJob(cfg, spark=spark, udfs=fake_udfs())
-    done = publish(job, job.run())
+def test_a_resumed_run_logs_params_metrics_and_report_into_one_mlflow_run(tracked_minimize):
+    """The shared fake run (tests/jobs/conftest.py), stopped after round 1 and resumed: one MLflow run."""
+    t = tracked_minimize
+    stopped, done, cfg, client = t.stopped, t.res, t.cfg, t.client
+    assert stopped.mlflow_run_id and t.at_stop.info.status == "KILLED"
+    assert t.stopped_runs_row["mlflow_run_id"] == stopped.mlflow_run_id and t.stopped_steps == [0, 1]
     assert done.complete and done.mlflow_run_id == stopped.mlflow_run_id  # the same MLflow run, resumed
     run = client.get_run(done.mlflow_run_id)
     exp = client.get_experiment_by_name("curation-tests")
     assert run.info.status == "FINISHED" and run.info.experiment_id == exp.experiment_id
     assert len(client.search_runs([exp.experiment_id])) == 1
-    p, t, m = run.data.params, run.data.tags, run.data.metrics
-    assert p["config_hash"] == cfg.hash and p["curation.rounds"] == "1" and p["model.name"] == cfg.model.name
+    p, tags, m = run.data.params, run.data.tags, run.data.metrics
+    assert p["config_hash"] == cfg.hash and p["curation.rounds"] == "2" and p["model.name"] == cfg.model.name
     assert p["curation.temperatures"] == "[0.5, 0.7, 1.0]" and "evaluation.judges" not in p
-    assert (t["cleancurate.run_id"], t["cleancurate.increment"], t["cleancurate.objective"]) == (
+    assert (tags["cleancurate.run_id"], tags["cleancurate.increment"], tags["cleancurate.objective"]) == (
         done.run_id, "0", "minimize")
-    assert t["cleancurate.output"] == done.store.root and t["cleancurate.input_kind"] == "parquet"
+    assert tags["cleancurate.output"] == done.store.root and tags["cleancurate.input_kind"] == "parquet"
     # the final counts are the tables'
-    mix = spark.read.format("delta").load(f"{out}/mix").count()
-    q = spark.read.format("delta").load(f"{out}/quarantine").count()
-    assert m["mix_rows"] == mix and m["quarantined_rows"] == q and m["input_rows"] == done.counts["input_rows"]
+    assert m["mix_rows"] == len(t.tables["mix"]) and m["quarantined_rows"] == len(t.tables["quarantine"])
+    assert m["input_rows"] == done.counts["input_rows"]
     assert m["seconds"] > 0 and m["quarantined.validate"] == done.counts["quarantined_by_stage"]["validate"]
     # one point per round, each round's the round_stats table's
-    stats = spark.read.format("delta").load(f"{out}/round_stats").toPandas().set_index("round")
+    stats = t.tables["round_stats"].set_index("round")
+    assert sorted(stats.index) == [0, 1, 2]
     for name in ("docs_active", "candidates", "passed", "gen_tokens"):
         hist = {x.step: x.value for x in client.get_metric_history(run.info.run_id, name)}
         assert hist == {r: float(stats.loc[r, name]) for r in stats.index}, name
@@ -74,7 +54,7 @@ def test_a_resumed_run_logs_params_metrics_and_report_into_one_mlflow_run(spark,
     arts = {a.path for a in client.list_artifacts(run.info.run_id)} | {
         a.path for a in client.list_artifacts(run.info.run_id, "report")}
     assert {"config.yaml", "report/report.html", "report/report-standalone.html"} <= arts
-    assert runs_row(spark, out).mlflow_run_id == run.info.run_id
+    assert t.tables["runs"].mlflow_run_id.tolist() == [run.info.run_id]
 
 
 @pytest.mark.spark
