@@ -63,9 +63,7 @@ class Config:
 
     def as_curation(self) -> "Config":
         """The curation job's part of this configuration (itself, for a :class:`Config`)."""
-        if type(self) is Config:
-            return self
-        return Config(**{f.name: getattr(self, f.name) for f in fields(Config)})
+        return self if type(self) is Config else Config(**_curation_sections(self))
 
     @property
     def hash(self) -> str:
@@ -115,12 +113,14 @@ class EvaluationRunConfig(Config):
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     @classmethod
-    def of(cls, cfg: Config, evaluation: EvaluationConfig | None = None) -> "EvaluationRunConfig":
-        """A curation configuration with an evaluation section (its own, the one given, else the defaults)."""
-        if isinstance(cfg, EvaluationRunConfig) and evaluation is None:
-            return cfg
-        ev = evaluation or getattr(cfg, "evaluation", None) or EvaluationConfig()
-        return cls(**{f.name: getattr(cfg, f.name) for f in fields(Config)}, evaluation=ev)
+    def of(cls, cfg: Config) -> "EvaluationRunConfig":
+        """``cfg`` itself if it is one, else a curation configuration with the evaluation's defaults."""
+        return cfg if isinstance(cfg, EvaluationRunConfig) else cls(**_curation_sections(cfg))
+
+
+def _curation_sections(cfg: Config) -> dict[str, Any]:
+    """The curation job's sections of ``cfg`` (of either root), by name."""
+    return {f.name: getattr(cfg, f.name) for f in fields(Config)}
 
 
 #: a model spec naming a served model (``harm.guard_model``, ``metrics.judge_model``): ``server:<served name>``

@@ -157,11 +157,8 @@ class Tracker:
             self._call("logging metrics", "log_batch", self.run_id, metrics=items[i:i + 1000])
 
     def artifact(self, path: str, folder: str | None = None) -> None:
-        """Attach a local file or folder."""
-        if os.path.isdir(path):
-            self._call("attaching artifacts", "log_artifacts", self.run_id, path, folder)
-        elif os.path.isfile(path):
-            self._call("attaching an artifact", "log_artifact", self.run_id, path, folder)
+        """Attach a local file (into ``folder`` of the run's artifacts)."""
+        self._call("attaching an artifact", "log_artifact", self.run_id, path, folder)
 
     def text(self, text: str, file: str) -> None:
         self._call("attaching an artifact", "log_text", self.run_id, text, file)

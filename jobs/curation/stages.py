@@ -290,7 +290,7 @@ class CurationJob:
             raise
         finally:
             self.increments.release()
-        result.mlflow_run_id = self.ctx.mlflow_run_id if self.tracker.active else None
+        result.mlflow_run_id = self.tracker.run_id  # None when not tracked, or when tracking failed
         if not result.complete:
             self.tracker.end("KILLED")  # stopped after a round: the rerun resumes this MLflow run
         return result
@@ -335,7 +335,7 @@ class CurationJob:
         self.counts = {**whole, "increment": self.counts}
         self.record.mark(self.counts, R, "complete", identity)
         self.counts["seconds"] = time.time() - t_start
-        tracked.log_complete(self.tracker, self.counts, self.counts["seconds"])
+        tracked.log_complete(self.tracker, self.counts)
         self._emit("complete", **{key: v for key, v in self.counts.items()
                                   if key not in ("quarantined_by_stage", "increment")})
         return CurationResult(self.run_id, self.cfg, self.store, self.counts, True, resumed, increment=k)

@@ -52,8 +52,8 @@ def log_round(tracker: Tracker, stats: dict) -> None:
     tracker.metrics(metrics, step=int(stats["round"]))
 
 
-def log_complete(tracker: Tracker, counts: dict, seconds: float) -> None:
-    """The output's row counts, this increment's (``increment.*``), and the time taken."""
+def log_complete(tracker: Tracker, counts: dict) -> None:
+    """The output's row counts, this increment's (``increment.*``), and the time taken (``counts["seconds"]``)."""
     if not tracker.active:
         return
     inc = counts.get("increment") or {}
@@ -61,7 +61,7 @@ def log_complete(tracker: Tracker, counts: dict, seconds: float) -> None:
     metrics.update({f"increment.{k}": v for k, v in inc.items() if k.endswith("_rows")})
     for stage, n in (counts.get("quarantined_by_stage") or {}).items():
         metrics[f"quarantined.{stage}"] = n
-    metrics["seconds"] = seconds
+    seconds = metrics["seconds"] = counts["seconds"]
     if seconds and inc.get("input_rows") is not None:
         metrics["input_rows_per_second"] = inc["input_rows"] / seconds
     tracker.metrics(metrics)

@@ -12,8 +12,6 @@ Logged once the evaluation completes, from its tables: a resumed evaluation logs
 
 from __future__ import annotations
 
-import os
-
 from cleancurate.tracking import TAG, Tracker, flatten, version
 
 
